@@ -1,0 +1,45 @@
+# Two commands on a fresh machine: `make run` and `make test`. Everything else is a step of those.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+export PORT ?= 8000
+PY := .venv/bin/python
+ENV := source var/env
+
+.PHONY: help install stack run demo token test test-unit stop status clean
+
+help:
+	@echo "make run     install what is missing, start RabbitMQ, FerretDB and every service, load demo data"
+	@echo "make test    the same set-up, then the whole test suite"
+	@echo "make token ROLE=officer SUBJECT=o1   a bearer token for local calls"
+	@echo "make status | make stop | make clean"
+
+install:
+	@bash scripts/install.sh
+
+stack: install
+	@bash scripts/stack.sh start
+
+run: stack
+	@bash scripts/services.sh start
+	@$(ENV) && $(PY) -m scripts.demo "http://127.0.0.1:$(PORT)"
+
+token:
+	@test -n "$(ROLE)" -a -n "$(SUBJECT)" || { echo "usage: make token ROLE=<enterprise|agency|officer|auditor|ops> SUBJECT=<id>" >&2; exit 2; }
+	@test -f var/env || { echo "run 'make run' (or 'make stack') first: it creates the signing secret" >&2; exit 2; }
+	@$(ENV) && $(PY) -W ignore -m ipvkit.auth "$(ROLE)" "$(SUBJECT)"
+
+test: stack
+	@$(ENV) && PYTHONWARNINGS=ignore::DeprecationWarning $(PY) -m pytest $(PYTEST_ARGS)
+
+test-unit: install
+	@$(PY) -m pytest tests/unit $(PYTEST_ARGS)
+
+status:
+	@bash scripts/stack.sh status; test -f var/env && bash scripts/services.sh status || true
+
+stop:
+	@test -f var/env && bash scripts/services.sh stop || true
+	@bash scripts/stack.sh stop
+
+clean: stop
+	rm -rf var .venv

@@ -1,0 +1,3 @@
+"""Every event type's data schema, by producer, so producers and consumers validate one shape.
+Importing this package registers them all."""
+from ipvkit.contracts import enterprise, provider  # noqa: F401

@@ -1,0 +1,268 @@
+"""HTTP entrypoints: JSON in and out, bearer-token roles, marshmallow validation with field-level
+errors, `Idempotency-Key` on writes, latency metrics, and the route table OpenAPI is built from.
+
+    @api("POST", "/api/v1/things", roles=("officer",), body=ThingIn, response=ThingOut, status=201)
+    def create_thing(self, call):   # call.principal, call.body, call.query, call.path
+        ...
+        return thing_dict              # or (status, dict)
+"""
+import hashlib
+import json
+import logging
+import re
+import time
+from functools import partial
+from dataclasses import dataclass, field
+from datetime import date, datetime, timedelta
+
+from eventlet.event import Event
+from kombu import Connection
+from marshmallow import ValidationError
+from nameko.web.handlers import HttpRequestHandler
+from pymongo.errors import DuplicateKeyError
+from werkzeug.wrappers import Response
+
+from ipvkit import metrics
+from ipvkit.auth import principal_from_header, require_role
+from ipvkit.clock import SystemClock
+from ipvkit.config import required
+from ipvkit.errors import ApiError, BadRequest, Conflict, PayloadTooLarge, RuleRefused
+from ipvkit.storage import MongoStore
+
+log = logging.getLogger(__name__)
+
+MAX_BODY_BYTES = 64 * 1024
+PUBLIC = ()
+WRITE_METHODS = {"POST", "PUT", "PATCH", "DELETE"}
+IDEMPOTENCY_KEY = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
+PENDING_TAKEOVER = timedelta(seconds=60)
+
+
+def _json_default(value):
+    if isinstance(value, (datetime, date)):
+        return value.isoformat()
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+
+
+def json_response(status, payload, headers=None):
+    return Response(json.dumps(payload, ensure_ascii=False, default=_json_default), status=status,
+                    headers=headers, mimetype="application/json")
+
+
+def error_response(exc):
+    return json_response(exc.status, exc.body())
+
+
+@dataclass
+class Call:
+    principal: object
+    body: dict = None
+    query: dict = field(default_factory=dict)
+    path: dict = field(default_factory=dict)
+    correlation_id: str = None
+
+
+def find_store(container):
+    for dep in container.dependencies:
+        if isinstance(dep, MongoStore):
+            return dep
+    return None
+
+
+class ApiHandler(HttpRequestHandler):
+    def __init__(self, method, url, *, roles, body=None, query=None, response=None, status=200,
+                 summary="", **kwargs):
+        self.roles = tuple(roles)
+        self.body_schema = body
+        self.query_schema = query
+        self.response_schema = response
+        self.status = status
+        self.summary = summary
+        super().__init__(method, url, **kwargs)
+
+    def setup(self):
+        super().setup()
+        self.secret = required(self.container.config, "AUTH_SECRET")
+        self.clock = SystemClock()
+
+    @property
+    def route(self):
+        return self.url
+
+    def handle_request(self, request):
+        request.shallow = False  # nameko's WSGI app makes it shallow for websockets; we read bodies
+        started = time.perf_counter()
+        try:
+            response = self._handle(request)
+        except ApiError as exc:
+            response = error_response(exc)
+        except Exception:  # a bug: say so without leaking internals
+            log.exception("unhandled error in %s %s", self.method, self.url)
+            response = json_response(500, {"error": "internal_error", "message": "internal error"})
+        metrics.HTTP_LATENCY.labels(self.container.service_name, self.method, self.url,
+                                    str(response.status_code)).observe(time.perf_counter() - started)
+        return response
+
+    def _handle(self, request):
+        principal = None
+        if self.roles != PUBLIC:
+            principal = principal_from_header(self.secret, request.headers.get("Authorization"))
+            require_role(principal, *self.roles)
+        call = Call(principal=principal, path=dict(request.path_values),
+                    correlation_id=request.headers.get("X-Correlation-Id"))
+        call.query = self._load(self.query_schema, request.args.to_dict(flat=True), "query")
+        raw = b""
+        if self.body_schema is not None:
+            raw = self._read_body(request)
+            call.body = self._load(self.body_schema, self._parse_json(raw), "body")
+        key = request.headers.get("Idempotency-Key")
+        if key is not None and self.method in WRITE_METHODS and principal is not None:
+            return self._idempotent(call, key, raw, request)
+        return self._run(call)
+
+    def _run(self, call):
+        result = self._spawn(call)
+        if isinstance(result, Response):
+            return result
+        status, payload = result if isinstance(result, tuple) else (self.status, result)
+        return json_response(status, payload)
+
+    def _spawn(self, call):
+        done = Event()
+        context = {"correlation_id": call.correlation_id} if call.correlation_id else {}
+        self.container.spawn_worker(self, (call,), {}, context_data=context,
+                                    handle_result=partial(self.handle_result, done))
+        return done.wait()
+
+    @staticmethod
+    def _read_body(request):
+        length = request.content_length
+        if length is not None and length > MAX_BODY_BYTES:
+            raise PayloadTooLarge(f"request body over {MAX_BODY_BYTES} bytes")
+        raw = request.stream.read(MAX_BODY_BYTES + 1)
+        if len(raw) > MAX_BODY_BYTES:
+            raise PayloadTooLarge(f"request body over {MAX_BODY_BYTES} bytes")
+        return raw
+
+    @staticmethod
+    def _parse_json(raw):
+        if not raw.strip():
+            raise BadRequest("a JSON body is required")
+        try:
+            data = json.loads(raw)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise BadRequest(f"body is not valid JSON: {exc}")
+        if not isinstance(data, dict):
+            raise BadRequest("body must be a JSON object")
+        return data
+
+    @staticmethod
+    def _load(schema, data, where):
+        if schema is None:
+            return {}
+        try:
+            return schema().load(data)
+        except ValidationError as exc:
+            raise BadRequest(f"invalid {where}", fields=exc.messages)
+
+    # -- Idempotency-Key ---------------------------------------------------------------------
+    def _idempotent(self, call, key, raw, request):
+        if not IDEMPOTENCY_KEY.match(key):
+            raise BadRequest("Idempotency-Key must be 1-128 characters of A-Z a-z 0-9 . _ : -",
+                             fields={"Idempotency-Key": ["invalid"]})
+        keys = find_store(self.container).db["idempotency"]
+        now = self.clock.now()
+        fingerprint = hashlib.sha256(b"%s %s\n%s" % (self.method.encode(), request.path.encode(), raw)).hexdigest()
+        record_id = f"{call.principal.role}:{call.principal.id}:{key}"
+        try:
+            keys.insert_one({"_id": record_id, "fingerprint": fingerprint, "state": "pending", "created_at": now})
+        except DuplicateKeyError:
+            record = keys.find_one({"_id": record_id})
+            if record is None or record["fingerprint"] != fingerprint:
+                raise RuleRefused("idempotency_key_reused",
+                                  "this Idempotency-Key was used for a different request")
+            if record["state"] == "done":
+                return json_response(record["status"], record["body"], headers={"Idempotent-Replayed": "true"})
+            taken = keys.find_one_and_update(
+                {"_id": record_id, "state": "pending", "created_at": {"$lt": now - PENDING_TAKEOVER}},
+                {"$set": {"created_at": now}})
+            if taken is None:
+                raise Conflict("a request with this Idempotency-Key is still in progress; retry shortly")
+        try:
+            response = self._run(call)
+        except ApiError as exc:
+            response = error_response(exc)
+        except Exception:
+            keys.delete_one({"_id": record_id, "state": "pending"})
+            raise
+        keys.update_one({"_id": record_id}, {"$set": {
+            "state": "done", "status": response.status_code, "body": json.loads(response.get_data())}})
+        return response
+
+
+api = ApiHandler.decorator
+
+
+class OpsHandler(HttpRequestHandler):
+    """`/healthz`, `/readyz`, `/metrics` and the OpenAPI document: answered by the entrypoint
+    itself, without a worker, so they still answer when every worker is busy."""
+
+    def __init__(self, method, url, kind, **kwargs):
+        self.kind = kind
+        super().__init__(method, url, **kwargs)
+
+    def handle_request(self, request):
+        try:
+            if self.kind == "healthz":
+                return json_response(200, {"status": "ok"})
+            if self.kind == "readyz":
+                return self._ready()
+            if self.kind == "metrics":
+                body, content_type = metrics.exposition()
+                return Response(body, status=200, content_type=content_type)
+            if self.kind == "openapi":
+                from ipvkit.openapi import build_spec
+                return json_response(200, build_spec(self.container))
+        except Exception:
+            log.exception("ops route %s failed", self.url)
+            return json_response(500, {"error": "internal_error", "message": "internal error"})
+        return json_response(404, {"error": "not_found", "message": "no such route"})
+
+    def _ready(self):
+        store = find_store(self.container)
+        checks = {"database": store is not None and store.repo_class(store).ping(),
+                  "broker": _broker_answers(self.container.config["AMQP_URI"])}
+        return json_response(200 if all(checks.values()) else 503,
+                             {"status": "ready" if all(checks.values()) else "not ready", "checks": checks})
+
+
+def _broker_answers(uri):
+    try:
+        with Connection(uri, connect_timeout=2) as conn:
+            conn.ensure_connection(max_retries=1)
+        return True
+    except Exception:  # noqa: BLE001 - any failure means not ready
+        return False
+
+
+ops = OpsHandler.decorator
+
+
+class ServiceBase:
+    """Every service's class derives from this for its operational routes."""
+
+    @ops("GET", "/healthz", kind="healthz")
+    def healthz(self, request):
+        pass
+
+    @ops("GET", "/readyz", kind="readyz")
+    def readyz(self, request):
+        pass
+
+    @ops("GET", "/metrics", kind="metrics")
+    def metrics(self, request):
+        pass
+
+    @ops("GET", "/api/v1/openapi.json", kind="openapi")
+    def openapi(self, request):
+        pass

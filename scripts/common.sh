@@ -1,0 +1,36 @@
+# Sourced by the other scripts: one place for paths, ports and versions.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+VAR=${IPV_VAR:-$ROOT/var}
+# Built tools outlive a checkout so a fresh clone (CI) does not rebuild FerretDB.
+CACHE=${IPV_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/ipv-vouchers}
+VENV=${IPV_VENV:-$ROOT/.venv}
+
+FERRETDB_VERSION=v1.24.2
+# Project-specific ports so a developer's own RabbitMQ/MongoDB on the default ports is left alone.
+AMQP_PORT=${IPV_AMQP_PORT:-5673}
+RABBIT_DIST_PORT=${IPV_RABBIT_DIST_PORT:-25673}
+MONGO_PORT=${IPV_MONGO_PORT:-27018}
+RABBIT_NODE=${IPV_RABBIT_NODE:-ipv@localhost}
+
+say() { printf '\033[1m==>\033[0m %s\n' "$*" >&2; }
+die() { printf '\033[31mERROR:\033[0m %s\n' "$*" >&2; exit 1; }
+
+as_root() {
+  if [ "$(id -u)" = 0 ]; then "$@"; elif command -v sudo >/dev/null; then sudo "$@"; else
+    die "need root to run: $* (install it yourself or run as root)"; fi
+}
+
+# wait_for DESCRIPTION SECONDS CHECK ARG PID: polls `CHECK ARG` until it succeeds; gives up early
+# when the server process PID has died.
+wait_for() {
+  local what=$1 secs=$2 check=$3 arg=$4 pid=$5
+  local deadline=$((SECONDS + secs))
+  until "$check" "$arg" >/dev/null 2>&1; do
+    [ $SECONDS -lt $deadline ] || return 1
+    kill -0 "$pid" 2>/dev/null || return 1
+    sleep 0.5
+  done
+  say "$what is up"
+}

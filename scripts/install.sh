@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# Installs what the project needs and is missing; safe to run any number of times.
+#   Debian packages: rabbitmq-server, nginx-light (local ingress)
+#   FerretDB v1.24.2 built from the Go module proxy
+#   Python virtualenv in .venv with the pinned dependencies of pyproject.toml
+source "$(dirname "$0")/common.sh"
+
+need_pkgs=()
+if [ -z "${AMQP_URI:-}" ] && ! command -v rabbitmq-server >/dev/null && [ ! -x /usr/sbin/rabbitmq-server ]; then
+  need_pkgs+=(rabbitmq-server)
+fi
+command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || need_pkgs+=(nginx-light)
+if [ ${#need_pkgs[@]} -gt 0 ]; then
+  say "installing Debian packages: ${need_pkgs[*]}"
+  command -v apt-get >/dev/null || die "apt-get not found; install ${need_pkgs[*]} with your package manager"
+  as_root apt-get update -qq || die "apt-get update failed (network or apt sources?)"
+  # policy-rc.d keeps apt from starting system-wide copies: we run our own on loopback.
+  as_root env DEBIAN_FRONTEND=noninteractive RUNLEVEL=1 apt-get install -y -qq --no-install-recommends "${need_pkgs[@]}" \
+    >"$CACHE.apt.log" 2>&1 || { tail -20 "$CACHE.apt.log" >&2; die "apt-get install ${need_pkgs[*]} failed (log: $CACHE.apt.log)"; }
+fi
+
+mkdir -p "$CACHE/bin"
+FERRETDB_BIN=$CACHE/bin/ferretdb-$FERRETDB_VERSION
+if [ -z "${MONGO_URI:-}" ] && [ ! -x "$FERRETDB_BIN" ]; then
+  command -v go >/dev/null || die "Go is needed to build FerretDB: install Go >= 1.21 (https://go.dev/doc/install)"
+  say "building FerretDB $FERRETDB_VERSION (once; cached in $CACHE/bin)"
+  # `go install ...@v1.24.2` builds a binary that panics at start because the module lacks
+  # build/version/version.txt (FerretDB issue #2982); build the same module source with that file.
+  src=$(go mod download -json "github.com/FerretDB/FerretDB@$FERRETDB_VERSION" \
+        | sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$/\1/p')
+  [ -n "$src" ] || die "go mod download github.com/FerretDB/FerretDB@$FERRETDB_VERSION failed"
+  build=$(mktemp -d)
+  cp -r "$src/." "$build/" && chmod -R u+w "$build"
+  echo "$FERRETDB_VERSION" >"$build/build/version/version.txt"
+  (cd "$build" && go build -o "$FERRETDB_BIN.tmp" ./cmd/ferretdb) || die "building FerretDB failed"
+  mv "$FERRETDB_BIN.tmp" "$FERRETDB_BIN"
+  rm -rf "$build"
+fi
+
+PY=${PYTHON:-}
+if [ -z "$PY" ]; then
+  for c in python3.11 python3; do
+    if command -v $c >/dev/null && $c -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))'; then PY=$c; break; fi
+  done
+fi
+[ -n "$PY" ] || die "Python 3.11 is needed (python3.11 not found)"
+stamp=$VENV/.installed-$(sha256sum "$ROOT/pyproject.toml" | cut -c1-16)
+if [ ! -f "$stamp" ]; then
+  say "installing Python dependencies into $VENV"
+  [ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
+  "$VENV/bin/pip" install -q --disable-pip-version-check "setuptools==75.8.0" "wheel==0.45.1"
+  "$VENV/bin/pip" install -q --disable-pip-version-check -e "$ROOT[test]" || die "pip install failed"
+  rm -f "$VENV"/.installed-* && touch "$stamp"
+fi

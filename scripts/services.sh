@@ -1,0 +1,104 @@
+#!/usr/bin/env bash
+# Starts or stops every service and the local ingress (nginx on $PORT, default 8000, routing
+# /api/v1/<area> to the owning service as the Kubernetes Ingress does).
+#   scripts/services.sh start|stop|status
+source "$(dirname "$0")/common.sh"
+source "$VAR/env"
+
+PORT=${PORT:-8000}
+RUN=$VAR/run
+# service name, its HTTP port, and the API areas (path prefixes under /api/v1/) it owns
+SERVICES=("enterprises 8101 enterprises")
+
+service_class() { "$VENV/bin/python" -W ignore -c "import sys, services.$1.service as m; print(m.SERVICE.__name__)" 2>/dev/null; }
+
+start() {
+  mkdir -p "$RUN"
+  for entry in "${SERVICES[@]}"; do
+    set -- $entry
+    local name=$1 port=$2 pidf=$RUN/$1.pid
+    if [ -f "$pidf" ] && kill -0 "$(cat "$pidf")" 2>/dev/null; then say "$name already running"; continue; fi
+    say "starting $name on 127.0.0.1:$port (log: $RUN/$name.log)"
+    (cd "$ROOT" && export "$(echo "$name" | tr a-z A-Z)_HTTP=127.0.0.1:$port" PYTHONWARNINGS=ignore &&
+      setsid nohup "$VENV/bin/nameko" run --config "services/$name/config.yaml" "services.$name.service:$(service_class "$name")" \
+        >"$RUN/$name.log" 2>&1 </dev/null & echo $! >"$pidf")
+  done
+  for entry in "${SERVICES[@]}"; do
+    set -- $entry
+    local deadline=$((SECONDS + 60))
+    until curl -fs "http://127.0.0.1:$2/readyz" >/dev/null; do
+      kill -0 "$(cat "$RUN/$1.pid")" 2>/dev/null || { tail -20 "$RUN/$1.log" >&2; die "$1 exited; see $RUN/$1.log"; }
+      [ $SECONDS -lt $deadline ] || { tail -20 "$RUN/$1.log" >&2; die "$1 not ready after 60 s; see $RUN/$1.log"; }
+      sleep 0.5
+    done
+    say "$1 is ready"
+  done
+  start_ingress
+}
+
+start_ingress() {
+  local conf=$RUN/nginx.conf
+  {
+    echo "worker_processes 1; pid $RUN/nginx.pid; error_log $RUN/nginx-error.log warn; daemon on;"
+    echo "events { worker_connections 1024; }"
+    echo "http {"
+    echo "  access_log off; client_body_temp_path $RUN/nginx-tmp; proxy_temp_path $RUN/nginx-tmp;"
+    echo "  fastcgi_temp_path $RUN/nginx-tmp; uwsgi_temp_path $RUN/nginx-tmp; scgi_temp_path $RUN/nginx-tmp;"
+    echo "  client_max_body_size 1m;"
+    for entry in "${SERVICES[@]}"; do
+      set -- $entry
+      echo "  upstream $1 { server 127.0.0.1:$2; keepalive 32; }"
+    done
+    echo "  server {"
+    echo "    listen 127.0.0.1:$PORT;"
+    echo "    proxy_http_version 1.1; proxy_set_header Connection \"\"; proxy_set_header Host \$host;"
+    for entry in "${SERVICES[@]}"; do
+      set -- $entry
+      local name=$1; shift 2
+      for area in "$@"; do echo "    location /api/v1/$area { proxy_pass http://$name; }"; done
+      echo "    location = /api/v1/openapi/$name.json { proxy_pass http://$name/api/v1/openapi.json; }"
+    done
+    echo "    location / { default_type application/json; return 404 '{\"error\":\"not_found\",\"message\":\"no such route\"}'; }"
+    echo "  }"
+    echo "}"
+  } >"$conf"
+  mkdir -p "$RUN/nginx-tmp"
+  local nginx=$(command -v nginx || echo /usr/sbin/nginx)
+  if [ -f "$RUN/nginx.pid" ] && kill -0 "$(cat "$RUN/nginx.pid")" 2>/dev/null; then
+    "$nginx" -c "$conf" -p "$RUN" -s reload >/dev/null
+  else
+    "$nginx" -c "$conf" -p "$RUN" >/dev/null 2>"$RUN/nginx-start.log" || { cat "$RUN/nginx-start.log" >&2; die "nginx did not start on 127.0.0.1:$PORT (port in use? set PORT=...)"; }
+  fi
+  say "ingress on http://127.0.0.1:$PORT"
+}
+
+stop() {
+  if [ -f "$RUN/nginx.pid" ]; then
+    kill "$(cat "$RUN/nginx.pid")" 2>/dev/null || true; rm -f "$RUN/nginx.pid"
+  fi
+  for entry in "${SERVICES[@]}"; do
+    set -- $entry
+    local pidf=$RUN/$1.pid
+    if [ -f "$pidf" ] && kill -0 "$(cat "$pidf")" 2>/dev/null; then
+      kill -TERM -- "-$(cat "$pidf")" 2>/dev/null || kill "$(cat "$pidf")"
+      for _ in $(seq 100); do kill -0 "$(cat "$pidf")" 2>/dev/null || break; sleep 0.1; done
+      say "$1 stopped"
+    fi
+    rm -f "$pidf"
+  done
+}
+
+status() {
+  for entry in "${SERVICES[@]}"; do
+    set -- $entry
+    if curl -fs "http://127.0.0.1:$2/readyz" >/dev/null; then echo "$1: ready  http://127.0.0.1:$2"; else echo "$1: DOWN"; fi
+  done
+  if curl -s "http://127.0.0.1:$PORT/" >/dev/null; then echo "ingress: up    http://127.0.0.1:$PORT"; else echo "ingress: DOWN"; fi
+}
+
+case "${1:-}" in
+  start) start ;;
+  stop) stop ;;
+  status) status ;;
+  *) echo "usage: $0 start|stop|status" >&2; exit 2 ;;
+esac

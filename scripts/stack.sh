@@ -1,0 +1,124 @@
+#!/usr/bin/env bash
+# Starts, stops or reports RabbitMQ and FerretDB for local use, both on loopback, data under var/.
+#   scripts/stack.sh start|stop|status
+# With AMQP_URI / MONGO_URI set, that server is someone else's: nothing is started, it is only checked.
+source "$(dirname "$0")/common.sh"
+
+FERRETDB_BIN=$CACHE/bin/ferretdb-$FERRETDB_VERSION
+RABBIT_DIR=$VAR/rabbitmq
+FERRET_DIR=$VAR/ferretdb
+PY=$VENV/bin/python
+
+rabbit_env() {
+  export RABBITMQ_NODENAME=$RABBIT_NODE RABBITMQ_NODE_IP_ADDRESS=127.0.0.1 RABBITMQ_NODE_PORT=$AMQP_PORT \
+    RABBITMQ_DIST_PORT=$RABBIT_DIST_PORT ERL_EPMD_ADDRESS=127.0.0.1 \
+    RABBITMQ_MNESIA_BASE=$RABBIT_DIR/mnesia RABBITMQ_LOG_BASE=$RABBIT_DIR/log \
+    RABBITMQ_PID_FILE=$RABBIT_DIR/rabbit.pid RABBITMQ_ENABLED_PLUGINS_FILE=$RABBIT_DIR/enabled_plugins \
+    RABBITMQ_CONFIG_FILE=$RABBIT_DIR/rabbitmq RABBITMQ_ADVANCED_CONFIG_FILE=$RABBIT_DIR/advanced.config
+  export PATH=$PATH:/usr/sbin:/usr/lib/rabbitmq/bin
+}
+
+amqp_uri()  { echo "${AMQP_URI:-amqp://guest:guest@127.0.0.1:$AMQP_PORT/}"; }
+mongo_uri() { echo "${MONGO_URI:-mongodb://127.0.0.1:$MONGO_PORT/}"; }
+
+amqp_answers() {
+  "$PY" - "$1" 2>/dev/null <<'PY'
+import sys, kombu
+with kombu.Connection(sys.argv[1], connect_timeout=2) as c:
+    c.connect()
+PY
+}
+mongo_answers() {
+  "$PY" - "$1" 2>/dev/null <<'PY'
+import sys, pymongo
+pymongo.MongoClient(sys.argv[1], serverSelectionTimeoutMS=2000).admin.command("ping")
+PY
+}
+
+start_rabbit() {
+  if [ -n "${AMQP_URI:-}" ]; then
+    amqp_answers "$AMQP_URI" || die "AMQP_URI=$AMQP_URI does not answer"
+    say "using RabbitMQ at AMQP_URI"; return
+  fi
+  rabbit_env
+  if amqp_answers "$(amqp_uri)"; then say "RabbitMQ already running on 127.0.0.1:$AMQP_PORT"; else
+    command -v rabbitmq-server >/dev/null || die "rabbitmq-server missing: run scripts/install.sh"
+    mkdir -p "$RABBIT_DIR/log" "$RABBIT_DIR/mnesia"
+    echo '[].' >"$RABBIT_DIR/enabled_plugins"
+    # Our own config file so /etc/rabbitmq is never read; loopback users need no change.
+    printf 'listeners.tcp.default = 127.0.0.1:%s\nloopback_users = none\n' "$AMQP_PORT" >"$RABBIT_DIR/rabbitmq.conf"
+    echo '[].' >"$RABBIT_DIR/advanced.config"
+    # Debian's wrapper drops root to the rabbitmq user, which must own the node's directory.
+    if [ "$(id -u)" = 0 ] && id rabbitmq >/dev/null 2>&1; then chown -R rabbitmq:rabbitmq "$RABBIT_DIR"; fi
+    say "starting RabbitMQ on 127.0.0.1:$AMQP_PORT (log: $RABBIT_DIR/log)"
+    setsid nohup rabbitmq-server >"$RABBIT_DIR/console.log" 2>&1 </dev/null &
+    wait_for "RabbitMQ" 90 amqp_answers "$(amqp_uri)" $! || {
+      tail -30 "$RABBIT_DIR/console.log" >&2
+      die "RabbitMQ did not answer on 127.0.0.1:$AMQP_PORT within 90 s; see $RABBIT_DIR/log. A port in use? try IPV_AMQP_PORT=..."; }
+  fi
+  # Tests get their own vhost so they never meet the events of a `make run` stack.
+  rabbitmqctl -q -n "$RABBIT_NODE" add_vhost ipv_test >/dev/null 2>&1 || true
+  rabbitmqctl -q -n "$RABBIT_NODE" set_permissions -p ipv_test guest '.*' '.*' '.*' >/dev/null \
+    || die "could not grant guest access to vhost ipv_test"
+}
+
+start_ferret() {
+  if [ -n "${MONGO_URI:-}" ]; then
+    mongo_answers "$MONGO_URI" || die "MONGO_URI=$MONGO_URI does not answer"
+    say "using MongoDB at MONGO_URI"; return
+  fi
+  if mongo_answers "$(mongo_uri)"; then say "FerretDB already running on 127.0.0.1:$MONGO_PORT"; return; fi
+  [ -x "$FERRETDB_BIN" ] || die "FerretDB missing: run scripts/install.sh"
+  mkdir -p "$FERRET_DIR/data" "$FERRET_DIR/state"
+  say "starting FerretDB $FERRETDB_VERSION (SQLite) on 127.0.0.1:$MONGO_PORT"
+  setsid nohup "$FERRETDB_BIN" --handler=sqlite --sqlite-url="file:$FERRET_DIR/data/" \
+    --listen-addr="127.0.0.1:$MONGO_PORT" --state-dir="$FERRET_DIR/state" --telemetry=disable \
+    --debug-addr=- --log-level=WARN >"$FERRET_DIR/ferretdb.log" 2>&1 </dev/null &
+  echo $! >"$FERRET_DIR/ferretdb.pid"
+  wait_for "FerretDB" 60 mongo_answers "$(mongo_uri)" $! || {
+    tail -30 "$FERRET_DIR/ferretdb.log" >&2
+    die "FerretDB did not answer on 127.0.0.1:$MONGO_PORT; see $FERRET_DIR/ferretdb.log. A port in use? try IPV_MONGO_PORT=..."; }
+}
+
+stop_rabbit() {
+  [ -z "${AMQP_URI:-}" ] || return 0
+  rabbit_env
+  if amqp_answers "$(amqp_uri)"; then
+    rabbitmqctl -q -n "$RABBIT_NODE" stop >/dev/null 2>&1 && say "RabbitMQ stopped"
+  fi
+}
+
+stop_ferret() {
+  [ -z "${MONGO_URI:-}" ] || return 0
+  local pidf=$FERRET_DIR/ferretdb.pid
+  if [ -f "$pidf" ] && kill "$(cat "$pidf")" 2>/dev/null; then
+    for _ in $(seq 50); do kill -0 "$(cat "$pidf")" 2>/dev/null || break; sleep 0.1; done
+    say "FerretDB stopped"
+  fi
+  rm -f "$pidf"
+}
+
+status() {
+  rabbit_env
+  if amqp_answers "$(amqp_uri)"; then echo "rabbitmq: up   $(amqp_uri)"; else echo "rabbitmq: DOWN $(amqp_uri)"; fi
+  if mongo_answers "$(mongo_uri)"; then echo "ferretdb: up   $(mongo_uri)"; else echo "ferretdb: DOWN $(mongo_uri)"; fi
+}
+
+write_env() {
+  # The environment every service and test reads; sourced by the Makefile and scripts/services.sh.
+  mkdir -p "$VAR"
+  [ -s "$VAR/auth_secret" ] || (umask 077; "$PY" -c 'import secrets; print(secrets.token_urlsafe(48))' >"$VAR/auth_secret")
+  cat >"$VAR/env" <<ENV
+export AMQP_URI='$(amqp_uri)'
+export MONGO_URI='$(mongo_uri)'
+export TEST_AMQP_URI='${TEST_AMQP_URI:-$( [ -n "${AMQP_URI:-}" ] && echo "$AMQP_URI" || echo "amqp://guest:guest@127.0.0.1:$AMQP_PORT/ipv_test")}'
+export AUTH_SECRET="\${AUTH_SECRET:-\$(cat '$VAR/auth_secret')}"
+ENV
+}
+
+case "${1:-}" in
+  start) start_rabbit; start_ferret; write_env ;;
+  stop) stop_rabbit; stop_ferret ;;
+  status) status ;;
+  *) echo "usage: $0 start|stop|status" >&2; exit 2 ;;
+esac

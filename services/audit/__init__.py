@@ -1,0 +1,1 @@
+"""The audit service: not built yet (see the open issues)."""

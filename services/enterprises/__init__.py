@@ -1,0 +1,1 @@
+"""The enterprises service: SMEs, their quality-tier qualifications, and their inbox."""

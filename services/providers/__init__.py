@@ -1,0 +1,1 @@
+"""The providers service: not built yet (see the open issues)."""

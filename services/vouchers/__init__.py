@@ -1,0 +1,1 @@
+"""The vouchers service: not built yet (see the open issues)."""
