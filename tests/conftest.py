@@ -1,0 +1,119 @@
+import warnings
+
+warnings.filterwarnings("ignore", message=".*Eventlet is deprecated")
+import eventlet  # noqa: E402
+
+eventlet.monkey_patch()  # nameko needs it before anything opens a socket
+
+import json  # noqa: E402
+import os  # noqa: E402
+import socket  # noqa: E402
+import uuid  # noqa: E402
+
+import pytest  # noqa: E402
+from kombu import Connection, Queue  # noqa: E402
+from pymongo import MongoClient  # noqa: E402
+
+from ipvkit import contracts  # noqa: E402,F401
+from ipvkit.amqp import events_exchange  # noqa: E402
+from ipvkit.auth import issue_token  # noqa: E402
+from ipvkit.events import parse  # noqa: E402
+
+SECRET = os.environ.get("AUTH_SECRET") or "test-secret-" + uuid.uuid4().hex
+
+
+def free_port():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def amqp_uri():
+    uri = os.environ.get("TEST_AMQP_URI") or os.environ.get("AMQP_URI")
+    if not uri:
+        pytest.fail("TEST_AMQP_URI is not set: run the suite with `make test`")
+    return uri
+
+
+@pytest.fixture(scope="session")
+def mongo_uri():
+    uri = os.environ.get("MONGO_URI")
+    if not uri:
+        pytest.fail("MONGO_URI is not set: run the suite with `make test`")
+    return uri
+
+
+@pytest.fixture
+def service_config(amqp_uri, mongo_uri):
+    """A fresh database per test, a free HTTP port, the test vhost."""
+    db = f"test_{uuid.uuid4().hex[:12]}"
+    config = {"AMQP_URI": amqp_uri, "MONGO_URI": mongo_uri, "MONGO_DB": db, "AUTH_SECRET": SECRET,
+              "WEB_SERVER_ADDRESS": f"127.0.0.1:{free_port()}", "max_workers": 10}
+    yield config
+    MongoClient(mongo_uri).drop_database(db)
+
+
+@pytest.fixture
+def token():
+    def make(role, subject):
+        return {"Authorization": f"Bearer {issue_token(SECRET, role, subject)}"}
+    return make
+
+
+class EventTap:
+    """A test's own queue on a producer's exchange: what a real consumer elsewhere would get."""
+
+    def __init__(self, amqp_uri, producer, pattern):
+        self.conn = Connection(amqp_uri)
+        self.queue = Queue(f"test-tap-{uuid.uuid4().hex[:8]}", exchange=events_exchange(producer),
+                           routing_key=pattern, exclusive=True, auto_delete=True)
+        self.queue(self.conn.default_channel).declare()
+
+    def next(self, timeout=10):
+        deadline = eventlet.Timeout(timeout, AssertionError("no event arrived within %ss" % timeout))
+        try:
+            while True:
+                message = self.queue(self.conn.default_channel).get(no_ack=True)
+                if message is not None:
+                    return parse(message.body)
+                eventlet.sleep(0.05)
+        finally:
+            deadline.cancel()
+
+    def drain(self, seconds=1.0):
+        got, end = [], eventlet.hubs.get_hub().clock() + seconds
+        while eventlet.hubs.get_hub().clock() < end:
+            message = self.queue(self.conn.default_channel).get(no_ack=True)
+            if message is None:
+                eventlet.sleep(0.05)
+            else:
+                got.append(parse(message.body))
+        return got
+
+    def close(self):
+        self.conn.release()
+
+
+@pytest.fixture
+def event_tap(amqp_uri):
+    taps = []
+
+    def make(producer, pattern="#"):
+        tap = EventTap(amqp_uri, producer, pattern)
+        taps.append(tap)
+        return tap
+    yield make
+    for tap in taps:
+        tap.close()
+
+
+def publish_raw(amqp_uri, exchange, routing_key, body, content_type="application/json"):
+    with Connection(amqp_uri) as conn:
+        producer = conn.Producer()
+        producer.publish(body, exchange=exchange, routing_key=routing_key, content_type=content_type,
+                         content_encoding="utf-8", declare=[exchange])
+
+
+def dumps(obj):
+    return json.dumps(obj, ensure_ascii=False)
