@@ -120,11 +120,12 @@ class Repo:
         """The sweep: publishes every document's due events. Returns how many were sent."""
         sent = 0
         for name in self.store.outbox_collections:
-            coll = self.db[name]
-            for doc in coll.find({"outbox_due": {"$lte": now}}, {"_id": 1}).limit(batch):
-                sent += self.flush_outbox(name, doc["_id"], now)
-            metrics.OUTBOX_BACKLOG.labels(self.store.service_name, name).set(
-                coll.count_documents({"outbox_due": {"$exists": True}}))
+            due = [doc["_id"] for doc in self.db[name].find({"outbox_due": {"$lte": now}}, {"_id": 1}).limit(batch)]
+            # The backlog is what this sweep found due (capped at `batch`): counting every pending
+            # document each second would scan the collection.
+            metrics.OUTBOX_BACKLOG.labels(self.store.service_name, name).set(len(due))
+            for doc_id in due:
+                sent += self.flush_outbox(name, doc_id, now)
         return sent
 
     def _relay_one(self, collection, doc_id, now):
