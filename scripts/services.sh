@@ -10,18 +10,20 @@ RUN=$VAR/run
 # service name, its HTTP port, and the API areas (path prefixes under /api/v1/) it owns
 SERVICES=("enterprises 8101 enterprises")
 
-service_class() { "$VENV/bin/python" -W ignore -c "import sys, services.$1.service as m; print(m.SERVICE.__name__)" 2>/dev/null; }
-
 start() {
   mkdir -p "$RUN"
   for entry in "${SERVICES[@]}"; do
     set -- $entry
     local name=$1 port=$2 pidf=$RUN/$1.pid
     if [ -f "$pidf" ] && kill -0 "$(cat "$pidf")" 2>/dev/null; then say "$name already running"; continue; fi
+    if curl -s -o /dev/null "http://127.0.0.1:$port/healthz"; then
+      die "port $port already answers (another checkout's services? stop them there with 'make stop')"
+    fi
     say "starting $name on 127.0.0.1:$port (log: $RUN/$name.log)"
     (cd "$ROOT" && export "$(echo "$name" | tr a-z A-Z)_HTTP=127.0.0.1:$port" PYTHONWARNINGS=ignore &&
-      setsid nohup "$VENV/bin/nameko" run --config "services/$name/config.yaml" "services.$name.service:$(service_class "$name")" \
-        >"$RUN/$name.log" 2>&1 </dev/null & echo $! >"$pidf")
+      exec nohup "$VENV/bin/nameko" run --config "services/$name/config.yaml" "services.$name.service:SERVICE" \
+        >"$RUN/$name.log" 2>&1 </dev/null) &
+    echo $! >"$pidf"
   done
   for entry in "${SERVICES[@]}"; do
     set -- $entry
@@ -80,9 +82,10 @@ stop() {
     set -- $entry
     local pidf=$RUN/$1.pid
     if [ -f "$pidf" ] && kill -0 "$(cat "$pidf")" 2>/dev/null; then
-      kill -TERM -- "-$(cat "$pidf")" 2>/dev/null || kill "$(cat "$pidf")"
-      for _ in $(seq 100); do kill -0 "$(cat "$pidf")" 2>/dev/null || break; sleep 0.1; done
-      say "$1 stopped"
+      local pid; pid=$(cat "$pidf")
+      kill -TERM "$pid"
+      for _ in $(seq 150); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+      if kill -0 "$pid" 2>/dev/null; then kill -KILL "$pid"; say "$1 did not stop in 15 s: killed"; else say "$1 stopped"; fi
     fi
     rm -f "$pidf"
   done

@@ -3,6 +3,8 @@
 #   scripts/stack.sh start|stop|status
 # With AMQP_URI / MONGO_URI set, that server is someone else's: nothing is started, it is only checked.
 source "$(dirname "$0")/common.sh"
+# var/env (sourced by make) exports the URIs of the local servers: those are ours, not external.
+if [ -n "${IPV_LOCAL_STACK:-}" ]; then unset AMQP_URI MONGO_URI; fi
 
 FERRETDB_BIN=$CACHE/bin/ferretdb-$FERRETDB_VERSION
 RABBIT_DIR=$VAR/rabbitmq
@@ -109,6 +111,7 @@ write_env() {
   mkdir -p "$VAR"
   [ -s "$VAR/auth_secret" ] || (umask 077; "$PY" -c 'import secrets; print(secrets.token_urlsafe(48))' >"$VAR/auth_secret")
   cat >"$VAR/env" <<ENV
+$( [ -z "${AMQP_URI:-}${MONGO_URI:-}" ] && echo "export IPV_LOCAL_STACK=1" )
 export AMQP_URI='$(amqp_uri)'
 export MONGO_URI='$(mongo_uri)'
 export TEST_AMQP_URI='${TEST_AMQP_URI:-$( [ -n "${AMQP_URI:-}" ] && echo "$AMQP_URI" || echo "amqp://guest:guest@127.0.0.1:$AMQP_PORT/ipv_test")}'
