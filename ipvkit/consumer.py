@@ -66,6 +66,7 @@ class EventConsumer(Entrypoint):
             self.queue_name, [(events_exchange(src), key) for src, key in self.bindings])
         self.amqp_uri = required(config, "AMQP_URI")
         self.prefetch = int(config.get("max_workers", 10))
+        self.max_retries = int(config.get("EVENT_MAX_RETRIES", self.max_retries))
         self.publisher = Publisher(self.amqp_uri, use_confirms=True,
                                    declare=[self.retry_queue, self.dead_queue])
 
@@ -130,7 +131,7 @@ class EventConsumer(Entrypoint):
     def _retry_or_dead_letter(self, message, event, exc):
         retries = int((message.headers or {}).get(RETRY_HEADER, 0))
         if retries >= self.max_retries:
-            self._dead_letter(message, f"failed {retries + 1} times; last error: {exc!r}"[:1000],
+            self._dead_letter(message, f"retries_exhausted: failed {retries + 1} times; last error: {exc!r}"[:1000],
                               "retries_exhausted", event["type"])
             return
         delay = min(self.retry_base_ms * 2 ** retries, 30_000)

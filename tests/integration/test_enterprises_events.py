@@ -1,4 +1,5 @@
 """Outbox, consumer, dead letters and expiry of the enterprises service, over the real broker."""
+import json
 from datetime import datetime, timezone
 
 import eventlet
@@ -154,3 +155,27 @@ def test_a_failing_handler_is_retried_with_a_delay_then_applied(container_factor
     assert calls == [event["event_id"]] * 3
     metrics = requests.get(f"http://{service_config['WEB_SERVER_ADDRESS']}/metrics", timeout=5).text
     assert 'ipv_event_retries_total{consumer="on_agency_standing",service="enterprises"}' in metrics
+
+
+def test_a_handler_that_keeps_failing_is_dead_lettered_after_its_retries(container_factory, service_config, token,
+                                                                        amqp_uri, monkeypatch):
+    from services.enterprises import domain
+    calls = []
+
+    def broken(event):
+        calls.append(event["event_id"])
+        raise ValueError("a bug in the handler")
+    monkeypatch.setattr(domain, "standing_notification", broken)
+    container = container_factory(EnterprisesService, dict(service_config, EVENT_MAX_RETRIES=2))
+    container.start()
+    dead_letters(amqp_uri)
+    post(service_config, token, "/api/v1/enterprises", ENTERPRISE)
+    event = rating_dropped(CODE)
+    publish_raw(amqp_uri, events_exchange("providers"), "provider.rating_changed", dumps(event))
+    with eventlet.Timeout(10):
+        while not (dead := dead_letters(amqp_uri)):
+            eventlet.sleep(0.2)
+    assert calls == [event["event_id"]] * 3                        # the first try and two retries
+    assert dead[0].headers["x-ipv-dead-reason"].startswith("retries_exhausted: failed 3 times")
+    assert dead[0].headers["x-ipv-retries"] == 2
+    assert json.loads(dead[0].body) == event                       # the event itself is kept, unchanged
