@@ -27,7 +27,7 @@ from ipvkit.auth import principal_from_header, require_role
 from ipvkit.clock import SystemClock
 from ipvkit.config import required
 from ipvkit.errors import ApiError, BadRequest, Conflict, PayloadTooLarge, RuleRefused
-from ipvkit.storage import MongoStore
+from ipvkit.storage import IDEMPOTENCY, MongoStore
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +84,7 @@ class ApiHandler(HttpRequestHandler):
         super().setup()
         self.secret = required(self.container.config, "AUTH_SECRET")
         self.clock = SystemClock()
+        self.store = find_store(self.container)
 
     @property
     def route(self):
@@ -170,7 +171,7 @@ class ApiHandler(HttpRequestHandler):
         if not IDEMPOTENCY_KEY.match(key):
             raise BadRequest("Idempotency-Key must be 1-128 characters of A-Z a-z 0-9 . _ : -",
                              fields={"Idempotency-Key": ["invalid"]})
-        keys = find_store(self.container).db["idempotency"]
+        keys = self.store.db[IDEMPOTENCY]
         now = self.clock.now()
         fingerprint = hashlib.sha256(b"%s %s\n%s" % (self.method.encode(), request.path.encode(), raw)).hexdigest()
         record_id = f"{call.principal.role}:{call.principal.id}:{key}"

@@ -52,11 +52,11 @@ class EnterprisesService(ServiceBase):
     store = EnterpriseStore()
     clock = Clock()
 
-    def _event(self, call_or_actor, type_, aggregate_id, sequence, data, correlation_id=None, causation_id=None):
-        actor = call_or_actor.principal.as_actor() if hasattr(call_or_actor, "principal") else call_or_actor
-        correlation = correlation_id or getattr(call_or_actor, "correlation_id", None)
+    def _event(self, call, type_, aggregate_id, sequence, data):
+        """An event caused by an API call (`call`) or, with `call=None`, by the service itself."""
+        actor = call.principal.as_actor() if call else {"role": "system", "id": NAME}
         return new_event(type=type_, producer=NAME, aggregate_id=aggregate_id, sequence=sequence, data=data,
-                         actor=actor, now=self.clock.now(), correlation_id=correlation, causation_id=causation_id)
+                         actor=actor, now=self.clock.now(), correlation_id=call.correlation_id if call else None)
 
     def _enterprise(self, enterprise_id):
         doc = self.store.enterprise(enterprise_id)
@@ -150,7 +150,7 @@ class EnterprisesService(ServiceBase):
         self._enterprise(enterprise_id)
         day = call.query.get("on") or self.clock.today()
         valid = [q for q in self.store.qualifications(enterprise_id) if domain.is_valid_on(q, day)]
-        return {"enterprise_id": enterprise_id, "on": day.isoformat(), "tiers": sorted({q["tier"] for q in valid}),
+        return {"enterprise_id": enterprise_id, "on": day.isoformat(), "tiers": domain.tiers_on(valid, day),
                 "qualifications": [qualification_view(q) for q in valid]}
 
     @timer(interval=60)
@@ -163,7 +163,7 @@ class EnterprisesService(ServiceBase):
                 continue
             data = {"qualification_id": q["_id"], "enterprise_id": q["enterprise_id"], "tier": q["tier"],
                     "valid_to": q["valid_to"]}
-            event = self._event({"role": "system", "id": NAME}, "enterprise.qualification_expired", q["_id"],
+            event = self._event(None, "enterprise.qualification_expired", q["_id"],
                                 q["seq"] + 1, data)
             try:
                 self.store.change_qualification(q, {"status": "expired"}, event, self.clock.now())
