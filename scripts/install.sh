@@ -49,6 +49,6 @@ if [ ! -f "$stamp" ]; then
   say "installing Python dependencies into $VENV"
   [ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
   "$VENV/bin/pip" install -q --disable-pip-version-check "setuptools==75.8.0" "wheel==0.45.1"
-  "$VENV/bin/pip" install -q --disable-pip-version-check -e "$ROOT[test]" || die "pip install failed"
+  "$VENV/bin/pip" install -q --disable-pip-version-check -e "$ROOT[test,bench]" || die "pip install failed"
   rm -f "$VENV"/.installed-* && touch "$stamp"
 fi

@@ -8,7 +8,12 @@ source "$VAR/env"
 PORT=${PORT:-8000}
 RUN=$VAR/run
 # service name, its HTTP port, and the API areas (path prefixes under /api/v1/) it owns
-SERVICES=("enterprises 8101 enterprises")
+SERVICES=(
+  "enterprises 8101 enterprises"
+  "providers 8102 agencies recommendations"
+  "vouchers 8103 programmes vouchers orders claims"
+  "audit 8104 audit"
+)
 
 start() {
   mkdir -p "$RUN"

@@ -10,6 +10,7 @@ FERRETDB_BIN=$CACHE/bin/ferretdb-$FERRETDB_VERSION
 RABBIT_DIR=$VAR/rabbitmq
 FERRET_DIR=$VAR/ferretdb
 PY=$VENV/bin/python
+TEST_VHOST=${IPV_TEST_VHOST:-ipv_test}
 
 rabbit_env() {
   # Debian's wrapper runs the node as the rabbitmq user; when root's checkout is not reachable by
@@ -63,10 +64,11 @@ start_rabbit() {
       tail -30 "$RABBIT_DIR/console.log" >&2
       die "RabbitMQ did not answer on 127.0.0.1:$AMQP_PORT within 90 s; see $RABBIT_DIR/log. A port in use? try IPV_AMQP_PORT=..."; }
   fi
-  # Tests get their own vhost so they never meet the events of a `make run` stack.
-  rabbitmqctl -q -n "$RABBIT_NODE" add_vhost ipv_test >/dev/null 2>&1 || true
-  rabbitmqctl -q -n "$RABBIT_NODE" set_permissions -p ipv_test guest '.*' '.*' '.*' >/dev/null \
-    || die "could not grant guest access to vhost ipv_test"
+  # Tests get their own vhost so they never meet the events of a `make run` stack; IPV_TEST_VHOST
+  # gives two checkouts testing at once on one machine a vhost each, so they never share a queue.
+  rabbitmqctl -q -n "$RABBIT_NODE" add_vhost "$TEST_VHOST" >/dev/null 2>&1 || true
+  rabbitmqctl -q -n "$RABBIT_NODE" set_permissions -p "$TEST_VHOST" guest '.*' '.*' '.*' >/dev/null \
+    || die "could not grant guest access to vhost $TEST_VHOST"
 }
 
 start_ferret() {
@@ -119,7 +121,7 @@ write_env() {
 $( [ -z "${AMQP_URI:-}${MONGO_URI:-}" ] && echo "export IPV_LOCAL_STACK=1" )
 export AMQP_URI='$(amqp_uri)'
 export MONGO_URI='$(mongo_uri)'
-export TEST_AMQP_URI='${TEST_AMQP_URI:-$( [ -n "${AMQP_URI:-}" ] && echo "$AMQP_URI" || echo "amqp://guest:guest@127.0.0.1:$AMQP_PORT/ipv_test")}'
+export TEST_AMQP_URI="${TEST_AMQP_URI:-$( [ -n "${AMQP_URI:-}" ] && echo "$AMQP_URI" || echo "amqp://guest:guest@127.0.0.1:$AMQP_PORT/\${IPV_TEST_VHOST:-ipv_test}")}"
 export AUTH_SECRET="\${AUTH_SECRET:-\$(cat '$VAR/auth_secret')}"
 ENV
 }

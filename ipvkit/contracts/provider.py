@@ -6,7 +6,7 @@ another call. `eligibility_line` is the lowest credit level that may take vouche
 """
 from marshmallow import Schema, fields, validate
 
-from ipvkit.contracts.common import ID, CreditCode
+from ipvkit.contracts.common import ID, REGION, CreditCode
 from ipvkit.events import register
 
 CREDIT_LEVELS = ("A+", "A", "B", "C", "D")
@@ -40,3 +40,51 @@ class Blacklisted(_Standing):
     source = fields.String(required=True, validate=validate.Length(1, 200))
     listed_from = fields.Date(required=True)
     listed_to = fields.Date(required=True, allow_none=True)
+
+
+AGENCY_KINDS = ("patent", "trademark", "both")
+AGENCY_STATUSES = ("active", "suspended", "cancelled")
+SERVICE_CODE = validate.Regexp(r"^[A-Z]{2,4}-\d{2,4}$", error="must look like PAT-01 (catalogue service code)")
+
+
+@register("provider.registered", 1)
+class ProviderRegistered(Schema):
+    """Everything the vouchers service needs to decide whether an agency may take an order."""
+    agency_id = fields.String(required=True, validate=ID)
+    name = fields.String(required=True, validate=validate.Length(1, 200))
+    credit_code = CreditCode(required=True)
+    kind = fields.String(required=True, validate=validate.OneOf(AGENCY_KINDS))
+    region = fields.String(required=True, validate=REGION)
+    service_codes = fields.List(fields.String(validate=SERVICE_CODE), required=True,
+                                validate=validate.Length(1, 100))
+    # Declared affiliations (shareholders, group members): orders between related parties are refused.
+    related_credit_codes = fields.List(CreditCode(), load_default=list, validate=validate.Length(max=100))
+    eligibility_line = fields.String(required=True, validate=validate.OneOf(CREDIT_LEVELS))
+    level = fields.String(required=True, allow_none=True, validate=validate.OneOf(CREDIT_LEVELS))
+    eligible = fields.Boolean(required=True)
+
+
+@register("provider.profile_changed", 1)
+class ProfileChanged(Schema):
+    """Service scope or affiliations changed; carries the full new values, not a diff."""
+    agency_id = fields.String(required=True, validate=ID)
+    name = fields.String(required=True, validate=validate.Length(1, 200))
+    kind = fields.String(required=True, validate=validate.OneOf(AGENCY_KINDS))
+    region = fields.String(required=True, validate=REGION)
+    service_codes = fields.List(fields.String(validate=SERVICE_CODE), required=True,
+                                validate=validate.Length(1, 100))
+    related_credit_codes = fields.List(CreditCode(), load_default=list, validate=validate.Length(max=100))
+
+
+@register("provider.status_changed", 1)
+class StatusChanged(_Standing):
+    """Suspended, reinstated or cancelled; a suspended or cancelled agency takes no new order."""
+    old_status = fields.String(required=True, validate=validate.OneOf(AGENCY_STATUSES))
+    new_status = fields.String(required=True, validate=validate.OneOf(AGENCY_STATUSES))
+    reason = fields.String(required=True, validate=validate.Length(1, 500))
+
+
+@register("provider.blacklist_lifted", 1)
+class BlacklistLifted(_Standing):
+    reason = fields.String(required=True, validate=validate.Length(1, 500))
+    lifted_on = fields.Date(required=True)
