@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs what the project needs and is missing; safe to run any number of times.
-#   Debian packages: rabbitmq-server, nginx-light (local ingress)
+#   Debian packages: rabbitmq-server, nginx-light (local ingress), prometheus (with promtool; ops tests)
 #   FerretDB v1.24.2 built from the Go module proxy
 #   Python virtualenv in .venv with the pinned dependencies of pyproject.toml
 source "$(dirname "$0")/common.sh"
@@ -10,6 +10,8 @@ if [ -z "${AMQP_URI:-}" ] && ! command -v rabbitmq-server >/dev/null && [ ! -x /
   need_pkgs+=(rabbitmq-server)
 fi
 command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || need_pkgs+=(nginx-light)
+# prometheus brings promtool too: the ops tests run the real server and check the alert rules.
+command -v prometheus >/dev/null || need_pkgs+=(prometheus)
 if [ ${#need_pkgs[@]} -gt 0 ]; then
   say "installing Debian packages: ${need_pkgs[*]}"
   command -v apt-get >/dev/null || die "apt-get not found; install ${need_pkgs[*]} with your package manager"
