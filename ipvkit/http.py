@@ -11,6 +11,7 @@ import json
 import logging
 import re
 import time
+import uuid
 from functools import partial
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
@@ -22,7 +23,7 @@ from nameko.web.handlers import HttpRequestHandler
 from pymongo.errors import DuplicateKeyError
 from werkzeug.wrappers import Response
 
-from ipvkit import metrics
+from ipvkit import logs, metrics
 from ipvkit.auth import principal_from_header, require_role
 from ipvkit.clock import SystemClock
 from ipvkit.config import required
@@ -35,6 +36,8 @@ MAX_BODY_BYTES = 64 * 1024
 PUBLIC = ()
 WRITE_METHODS = {"POST", "PUT", "PATCH", "DELETE"}
 IDEMPOTENCY_KEY = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
+# What the event envelope accepts as a correlation id; anything else gets a fresh one.
+CORRELATION_ID = IDEMPOTENCY_KEY
 PENDING_TAKEOVER = timedelta(seconds=60)
 
 
@@ -93,24 +96,31 @@ class ApiHandler(HttpRequestHandler):
     def handle_request(self, request):
         request.shallow = False  # nameko's WSGI app makes it shallow for websockets; we read bodies
         started = time.perf_counter()
+        correlation_id = request.headers.get("X-Correlation-Id", "")
+        if not CORRELATION_ID.match(correlation_id):
+            correlation_id = str(uuid.uuid4())
+        # eventlet's WSGI server reuses a green thread for a keep-alive connection's requests.
+        bound = logs.bind(correlation_id=correlation_id, route=f"{self.method} {self.url}")
         try:
-            response = self._handle(request)
+            response = self._handle(request, correlation_id)
         except ApiError as exc:
             response = error_response(exc)
         except Exception:  # a bug: say so without leaking internals
             log.exception("unhandled error in %s %s", self.method, self.url)
             response = json_response(500, {"error": "internal_error", "message": "internal error"})
+        finally:
+            logs.unbind(bound)
         metrics.HTTP_LATENCY.labels(self.container.service_name, self.method, self.url,
                                     str(response.status_code)).observe(time.perf_counter() - started)
+        response.headers["X-Correlation-Id"] = correlation_id
         return response
 
-    def _handle(self, request):
+    def _handle(self, request, correlation_id):
         principal = None
         if self.roles != PUBLIC:
             principal = principal_from_header(self.secret, request.headers.get("Authorization"))
             require_role(principal, *self.roles)
-        call = Call(principal=principal, path=dict(request.path_values),
-                    correlation_id=request.headers.get("X-Correlation-Id"))
+        call = Call(principal=principal, path=dict(request.path_values), correlation_id=correlation_id)
         call.query = self._load(self.query_schema, request.args.to_dict(flat=True), "query")
         raw = b""
         if self.body_schema is not None:
@@ -250,7 +260,9 @@ ops = OpsHandler.decorator
 
 
 class ServiceBase:
-    """Every service's class derives from this for its operational routes."""
+    """Every service's class derives from this for its operational routes and log context."""
+
+    log_context = logs.LogContext()
 
     @ops("GET", "/healthz", kind="healthz")
     def healthz(self, request):
