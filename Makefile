@@ -5,7 +5,7 @@ export PORT ?= 8000
 PY := .venv/bin/python
 ENV := source var/env
 
-.PHONY: help install stack run demo token test test-unit stop status clean
+.PHONY: help install stack run demo token test test-unit stop status clean deadletters
 
 help:
 	@echo "make run     install what is missing, start RabbitMQ, FerretDB and every service, load demo data"
@@ -33,6 +33,11 @@ test: stack
 
 test-unit: install
 	@$(PY) -m pytest tests/unit $(PYTEST_ARGS)
+
+# Dead letters of every consumer: `make deadletters`, `make deadletters ARGS="list enterprises.on_agency_standing"`,
+# `make deadletters ARGS="replay enterprises.on_agency_standing --id <event_id>"` (or --all).
+deadletters:
+	@$(ENV) && $(PY) -W ignore -m ipvkit.deadletters $(or $(ARGS),list)
 
 status:
 	@bash scripts/stack.sh status; test -f var/env && bash scripts/services.sh status || true

@@ -1,0 +1,140 @@
+"""What the service-independent hostile tests need to know about each service, and nothing more.
+
+Routes, roles and consumers are discovered from the code (`ipvkit.deadletters.services()`); a
+profile adds what code cannot say: how to create records to act on (`seed`), which path parameter
+or body field names the owning enterprise or agency (`owners`), a valid body per write
+(`bodies`), and a valid event per consumed type (`SAMPLES`). A service without a profile is still
+covered by role checks, schemathesis and poison messages; a profile makes the checks sharper
+(own vs someone else's record, valid events actually applied).
+
+To add a service: write `seed(client) -> Seed`, its `owners`, and `bodies` for writes whose owner
+is in the body; register it in PROFILES; add a `SAMPLES` entry for every event type it consumes.
+"""
+import itertools
+from dataclasses import dataclass, field
+from datetime import date, datetime, timezone
+
+from stdnum.cn import uscc
+
+_serial = itertools.count(1)
+
+
+def credit_code(region="350100"):
+    """A fresh valid 统一社会信用代码 of an enterprise (91…) in `region`."""
+    body = f"91{region}{next(_serial):09d}"
+    return body + uscc.calc_check_digit(body)
+
+
+@dataclass
+class Seed:
+    """Records created before a test. `own`/`other`: role -> the subject owning a record / another
+    subject's record of that role. `path`: values for path parameters no owner fills."""
+    own: dict = field(default_factory=dict)
+    other: dict = field(default_factory=dict)
+    path: dict = field(default_factory=dict)
+
+
+@dataclass
+class Profile:
+    seed: object = None                            # seed(client) -> Seed
+    # role -> {"path": path parameter naming the owner, "body": {operation: body field}}
+    owners: dict = field(default_factory=dict)
+    bodies: dict = field(default_factory=dict)     # operation -> body(owner id or None) -> dict
+
+
+# -- enterprises -----------------------------------------------------------------------------------
+def enterprise_body(credit):
+    return {"credit_code": credit or credit_code(), "name": "福州闽光精密制造有限公司", "region": "350102",
+            "industry": "C34", "size": "small"}
+
+
+QUALIFICATION = {"tier": "srdi_sme", "level": "provincial", "certificate_no": "闽专精特新〔2025〕0117",
+                 "issuing_authority": "福建省工业和信息化厅", "valid_from": "2025-01-01", "valid_to": "2027-12-31"}
+
+
+def seed_enterprises(client):
+    own, other = credit_code(), credit_code()
+    for code in (own, other):
+        assert client("POST", "/api/v1/enterprises", json=enterprise_body(code)).status_code == 201
+    granted = client("POST", f"/api/v1/enterprises/{own}/qualifications", json=QUALIFICATION)
+    assert granted.status_code == 201, granted.text
+    return Seed(own={"enterprise": own}, other={"enterprise": other},
+                path={"qualification_id": granted.json()["qualification_id"], "notification_id": "n-none"})
+
+
+PROFILES = {
+    "enterprises": Profile(
+        seed=seed_enterprises,
+        owners={"enterprise": {"path": "enterprise_id", "body": {"register": "credit_code"}}},
+        bodies={"register": enterprise_body, "grant_qualification": lambda _: dict(QUALIFICATION),
+                "revoke_qualification": lambda _: {"reason": "certificate withdrawn"}},
+    ),
+}
+
+
+def profile(service):
+    return PROFILES.get(service, Profile())
+
+
+# -- valid events per type: (seed) -> event data -----------------------------------------------------
+def _rating_dropped(seed):
+    enterprise = seed.own.get("enterprise") or credit_code()
+    return {"agency_id": "ag-1", "agency_name": "闽江专利代理事务所", "eligibility_line": "B", "eligible": False,
+            "was_eligible": True, "old_level": "B", "new_level": "C", "score": 72,
+            "affected_enterprises": [{"enterprise_id": enterprise, "order_ids": ["o-1"]}]}
+
+
+def _blacklisted(seed):
+    enterprise = seed.own.get("enterprise") or credit_code()
+    return {"agency_id": "ag-1", "agency_name": "闽江专利代理事务所", "eligibility_line": "B", "eligible": False,
+            "reason": "伪造申请材料", "source": "国家知识产权局", "listed_from": date(2026, 1, 1).isoformat(),
+            "listed_to": None, "affected_enterprises": [{"enterprise_id": enterprise, "order_ids": ["o-1"]}]}
+
+
+SAMPLES = {
+    "provider.rating_changed": _rating_dropped,
+    "provider.blacklisted": _blacklisted,
+}
+
+
+# -- a valid-looking value for any schema, for event types without a sample ----------------------------
+def example(schema):
+    """Data that `schema` loads, built from its fields' validators; good enough for types nobody
+    wrote a sample for (the handler may still refuse it as a business rule)."""
+    return {name: _value(f) for name, f in schema().fields.items() if f.required or f.load_default is None}
+
+
+def _value(f):
+    from marshmallow import fields, validate
+
+    from ipvkit.contracts.common import CreditCode
+    checks = list(f.validators) + (list(f.inner.validators) if isinstance(f, fields.List) else [])
+    one_of = next((v for v in checks if isinstance(v, validate.OneOf)), None)
+    if isinstance(f, fields.List):
+        length = next((v for v in f.validators if isinstance(v, validate.Length)), None)
+        return [_value(f.inner) for _ in range(max(1, length.min or 0) if length else 1)]
+    if one_of is not None:
+        return list(one_of.choices)[0]
+    if isinstance(f, CreditCode):
+        return credit_code()
+    if isinstance(f, fields.Nested):
+        return example(type(f.schema))
+    if isinstance(f, fields.Boolean):
+        return True
+    if isinstance(f, fields.Integer):
+        ranged = next((v for v in f.validators if isinstance(v, validate.Range)), None)
+        return max(1, ranged.min or 0) if ranged and ranged.min is not None else 1
+    if isinstance(f, fields.DateTime):
+        return datetime(2026, 1, 1, tzinfo=timezone.utc).isoformat()
+    if isinstance(f, fields.Date):
+        return "2026-01-01"
+    if isinstance(f, fields.UUID):
+        return "00000000-0000-4000-8000-000000000001"
+    if isinstance(f, fields.Dict):
+        return {}
+    pattern = next((v for v in f.validators if isinstance(v, validate.Regexp)), None)
+    if pattern is not None:
+        from hypothesis import find, strategies
+        return find(strategies.from_regex(pattern.regex, fullmatch=True), lambda _: True)
+    length = next((v for v in f.validators if isinstance(v, validate.Length)), None)
+    return "x" * max(1, (length.min or 1) if length else 1)

@@ -1,0 +1,110 @@
+"""Ops list and replay dead letters (`python -m ipvkit.deadletters`), over the real broker."""
+import io
+from datetime import datetime, timezone
+
+import eventlet
+import pytest
+from kombu import Connection
+
+from ipvkit.amqp import events_exchange
+from ipvkit.deadletters import main, queue_depth
+from ipvkit.events import new_event
+from tests.conftest import dumps, publish_raw
+from tests.hostile.conftest import drain
+from tests.hostile.profiles import Seed, credit_code, enterprise_body, SAMPLES
+
+pytestmark = pytest.mark.integration
+
+QUEUE = "enterprises.on_agency_standing"
+
+
+def cli(amqp_uri, *argv):
+    out = io.StringIO()
+    code = main(["--amqp-uri", amqp_uri, *argv], out=out)
+    return code, out.getvalue()
+
+
+def rating_event(enterprise):
+    return new_event(type="provider.rating_changed", producer="providers", aggregate_id="ag-1", sequence=2,
+                     actor={"role": "officer", "id": "o9"}, now=datetime.now(timezone.utc),
+                     data=SAMPLES["provider.rating_changed"](Seed(own={"enterprise": enterprise})))
+
+
+def wait_depth(amqp_uri, queue, want, timeout=10):
+    with Connection(amqp_uri) as conn, eventlet.Timeout(timeout):
+        while queue_depth(conn, queue) != want:
+            eventlet.sleep(0.1)
+
+
+def inbox(client, enterprise):
+    return client("GET", f"/api/v1/enterprises/{enterprise}/notifications").json()["items"]
+
+
+def test_ops_list_dead_letters_then_replay_one_once_its_cause_is_fixed(start_service, amqp_uri):
+    _, client = start_service("enterprises")
+    drain(amqp_uri, QUEUE + ".dlq")
+    exchange = events_exchange("providers")
+    enterprise = credit_code()
+    event = rating_event(enterprise)                     # for an enterprise not registered yet
+    publish_raw(amqp_uri, exchange, "provider.rating_changed", b"{definitely not json")
+    publish_raw(amqp_uri, exchange, "provider.rating_changed", dumps(event))
+    wait_depth(amqp_uri, QUEUE + ".dlq", 2)
+
+    code, overview = cli(amqp_uri, "list")
+    assert code == 0
+    assert [line.split() for line in overview.splitlines() if line.startswith(QUEUE)] == [[QUEUE + ".dlq", "2", "0"]]
+    code, listing = cli(amqp_uri, "list", QUEUE)
+    assert code == 0 and listing.startswith(f"{QUEUE}.dlq: 2 dead letter(s)")
+    assert "reason: malformed: not JSON" in listing and "b'{definitely not json'" in listing
+    assert f"provider.rating_changed {event['event_id']}" in listing
+    assert f"reason: rejected: enterprise {enterprise} is not registered here" in listing
+    assert cli(amqp_uri, "list", QUEUE + ".dlq")[1] == listing      # listing took nothing away
+
+    assert client("POST", "/api/v1/enterprises", json=enterprise_body(enterprise)).status_code == 201
+    assert cli(amqp_uri, "replay", QUEUE, "--id", event["event_id"]) == (
+        0, f"replayed 1 to {QUEUE}; 1 others left in the DLQ\n")
+    with eventlet.Timeout(10):
+        while not inbox(client, enterprise):
+            eventlet.sleep(0.1)
+    assert inbox(client, enterprise)[0]["event_id"] == event["event_id"]
+    left = drain(amqp_uri, QUEUE + ".dlq")
+    assert [m.body for m in left] == [b"{definitely not json"]            # the other one is untouched
+
+    assert cli(amqp_uri, "replay", QUEUE, "--id", event["event_id"]) == (
+        1, f"no dead letter with event id {event['event_id']} in {QUEUE}.dlq\n")
+    assert cli(amqp_uri, "list", "nobody.nothing")[1] == "error: no queue nobody.nothing.dlq on this broker\n"
+
+
+def test_replay_all_starts_retries_afresh_and_a_poison_just_comes_back(start_service, service_config, amqp_uri,
+                                                                       monkeypatch):
+    from services.enterprises import domain
+    real, calls = domain.standing_notification, []
+
+    def fails_twice_then_once_more(event):
+        calls.append(event["event_id"])
+        if len(calls) in (1, 2, 3):   # the first try and its retry, then the first try after replay
+            raise ConnectionError("database briefly unreachable")
+        return real(event)
+    monkeypatch.setattr(domain, "standing_notification", fails_twice_then_once_more)
+    service_config["EVENT_MAX_RETRIES"] = 1
+    _, client = start_service("enterprises")
+    drain(amqp_uri, QUEUE + ".dlq")
+    enterprise = credit_code()
+    assert client("POST", "/api/v1/enterprises", json=enterprise_body(enterprise)).status_code == 201
+    event = rating_event(enterprise)
+    publish_raw(amqp_uri, events_exchange("providers"), "provider.rating_changed", dumps(event))
+    publish_raw(amqp_uri, events_exchange("providers"), "provider.rating_changed", b"\xff\xfe not utf-8")
+    wait_depth(amqp_uri, QUEUE + ".dlq", 2)
+    assert "retries 1" in cli(amqp_uri, "list", QUEUE)[1]
+
+    assert cli(amqp_uri, "replay", QUEUE, "--all") == (0, f"replayed 2 to {QUEUE}; 0 others left in the DLQ\n")
+    with eventlet.Timeout(10):
+        while not inbox(client, enterprise):
+            eventlet.sleep(0.1)
+    # Had the replay kept `x-ipv-retries: 1`, the failure after it would have dead-lettered it again.
+    assert calls == [event["event_id"]] * 4
+    wait_depth(amqp_uri, QUEUE + ".dlq", 1)
+    back = drain(amqp_uri, QUEUE + ".dlq")[0]
+    assert back.body == b"\xff\xfe not utf-8"
+    assert back.headers["x-ipv-replays"] == 1
+    assert back.headers["x-ipv-dead-reason"].startswith("malformed: not UTF-8")
