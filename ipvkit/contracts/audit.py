@@ -16,3 +16,15 @@ class AnomalyDetected(Schema):
     evidence_event_ids = fields.List(fields.UUID(), required=True, validate=validate.Length(1, 1000))
     ledger_positions = fields.List(fields.Integer(strict=True, validate=validate.Range(min=0)), required=True,
                                    validate=validate.Length(1, 1000))
+
+
+@register("audit.checkpoint_published", 1)
+class CheckpointPublished(Schema):
+    """A signed checkpoint of the audit ledger: the RFC 9162 Merkle root and the hash chain's head
+    over the first `size` entries, signed with Ed25519 (see services/audit/ledger.py)."""
+    size = fields.Integer(required=True, strict=True, validate=validate.Range(min=1))
+    root_hash = fields.String(required=True, validate=validate.Regexp(r"^[0-9a-f]{64}$"))
+    chain_hash = fields.String(required=True, validate=validate.Regexp(r"^[0-9a-f]{64}$"))
+    signed_at = fields.String(required=True, validate=validate.Length(1, 40))
+    key_id = fields.String(required=True, validate=validate.Length(1, 64))
+    signature = fields.String(required=True, validate=validate.Length(1, 200))
