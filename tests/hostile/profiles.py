@@ -37,8 +37,9 @@ class Seed:
 @dataclass
 class Profile:
     seed: object = None                            # seed(client) -> Seed
-    # role -> {"path": path parameter naming the owner, "body": {operation: body field}}
-    owners: dict = field(default_factory=dict)
+    # role -> {"path": path parameter naming the owner, "body": {operation: body field}}; by
+    # convention `<role>_id` in a path names the owning enterprise or agency
+    owners: dict = field(default_factory=lambda: {r: {"path": f"{r}_id"} for r in ("enterprise", "agency")})
     bodies: dict = field(default_factory=dict)     # operation -> body(owner id or None) -> dict
 
 
