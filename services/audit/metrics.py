@@ -1,0 +1,7 @@
+"""The audit service's business metrics (names agreed for every service; no ids in labels)."""
+from prometheus_client import Counter, Gauge, Histogram
+
+LEDGER_ENTRIES = Gauge("ipv_audit_ledger_entries", "Entries in the audit ledger (the head's size)")
+LAG = Histogram("ipv_audit_lag_seconds", "From an event's occurred_at to its append to the ledger",
+                buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300))
+ANOMALIES = Counter("ipv_audit_anomalies_total", "Red flags raised, by rule", ["rule"])

@@ -1,0 +1,124 @@
+"""Builds the read models from the ledger, one entry at a time in position order: dimensions
+(what later events are grouped by), facts (reports, reconciliation) and red flags.
+
+Applying an entry twice changes nothing (facts and flags have ids derived from the entry, the
+dimensions are overwritten with the same values), so a crash between applying an entry and
+moving the cursor is safe. One pod at a time holds the cursor's lease, so rules see the ledger
+in its own order whatever pod appended what.
+"""
+import logging
+from datetime import timedelta
+
+from ipvkit.events import new_event
+from services.audit import domain, metrics
+from services.audit.storage import AGENCIES, ENTERPRISES, ORDERS, PROGRAMMES, VOUCHERS
+
+log = logging.getLogger(__name__)
+
+LEASE = timedelta(seconds=30)
+BATCH = 500
+
+
+def run(repo, now, thresholds):
+    """Applies every entry not yet applied (up to BATCH per lease). Returns how many it applied."""
+    position = repo.claim_projector(now, LEASE)
+    if position is None:
+        return 0
+    applied = 0
+    try:
+        for entry in repo.entries(after=position - 1, limit=BATCH, upto=repo.head()["size"]):
+            if entry["_id"] != position:  # a hole the head has not reached yet: wait for it
+                break
+            apply(repo, entry, now, thresholds)
+            repo.advance_projector(position)
+            position += 1
+            applied += 1
+    finally:
+        repo.release_projector(now)
+    return applied
+
+
+def apply(repo, entry, now, thresholds):
+    event = dict(entry["event"], _position=entry["_id"])
+    data, kind, position = event["data"], event["type"], entry["_id"]
+    programme = repo.dimension(PROGRAMMES, data["programme_id"]) if "programme_id" in data else {}
+    voucher = repo.dimension(VOUCHERS, data["voucher_id"]) if "voucher_id" in data else {}
+    order = repo.dimension(ORDERS, data["order_id"]) if "order_id" in data else {}
+    repo.add_facts(domain.facts_for(entry, programme, voucher, order))
+
+    flags = []
+    if kind in ("programme.created", "programme.changed"):
+        repo.set_dimension(PROGRAMMES, data["programme_id"], {
+            "region": data["region"], "budget_fen": data["budget_fen"],
+            "caps": {item["service_code"]: item["item_cap_fen"] for item in data["catalogue"]}})
+    elif kind == "enterprise.registered":
+        repo.set_dimension(ENTERPRISES, data["enterprise_id"], {"region": data["region"]})
+    elif kind == "voucher.issued":
+        repo.set_dimension(VOUCHERS, data["voucher_id"], {"tier": data["tier"], "programme": data["programme_id"]})
+    elif kind in ("provider.registered", "provider.profile_changed"):
+        values = {"related": data["related_credit_codes"], "profile_position": position,
+                  "profile_event_id": event["event_id"]}
+        if kind == "provider.registered":
+            values["credit_code"] = data["credit_code"]
+        repo.set_dimension(AGENCIES, data["agency_id"], values)
+    if kind.startswith("provider.") and (standing := domain.standing_of(event, position)) is not None:
+        repo.set_dimension(AGENCIES, data["agency_id"], {"standing": standing})
+    if kind == "order.placed":
+        flags += _order_placed(repo, event, programme, thresholds)
+    elif kind == "claim.submitted":
+        flags += _claim_submitted(repo, event, programme, order, thresholds)
+
+    for found in flags:
+        if found is not None:
+            _raise(repo, found, now)
+
+
+def _order_placed(repo, event, programme, thresholds):
+    data, position = event["data"], event["_position"]
+    enterprise = repo.dimension(ENTERPRISES, data["enterprise_id"])
+    group = enterprise.get("region") or programme.get("region")
+    repo.set_dimension(ORDERS, data["order_id"], {
+        "voucher": data["voucher_id"], "programme": data["programme_id"], "enterprise": data["enterprise_id"],
+        "agency": data["agency_id"], "service_code": data["service_code"], "subsidy_fen": data["subsidy_fen"],
+        "occurred_at": event["occurred_at"], "position": position, "event_id": event["event_id"], "group": group})
+    agency = repo.dimension(AGENCIES, data["agency_id"])
+    since = domain.window_start(event["occurred_at"], thresholds.split_window_days)
+    candidates = repo.orders_between(data["enterprise_id"], data["agency_id"], data["service_code"], since)
+    total, of_agency = repo.group_order_counts(group, data["agency_id"])
+    return [
+        domain.related_party(event, agency),
+        domain.order_after_downgrade(event, agency),
+        domain.split_orders(candidates, programme.get("caps", {}).get(data["service_code"]), thresholds),
+        domain.concentration(group, data["agency_id"], total, of_agency,
+                             repo.group_orders_of(group, data["agency_id"]), thresholds) if group else None,
+    ]
+
+
+def _claim_submitted(repo, event, programme, order, thresholds):
+    data, position = event["data"], event["_position"]
+    found = []
+    for kind in ("invoice_no", "deliverable_sha256"):
+        value = data[kind].strip().upper() if kind == "invoice_no" else data[kind]
+        earlier = [u for u in repo.evidence_uses(kind, value) if u["position"] < position]
+        found.append(domain.duplicate_evidence(event, kind, earlier))
+        repo.record_evidence({"_id": f"{kind}:{value}:{data['claim_id']}", "kind": kind, "value": value,
+                              "order_id": data["order_id"], "claim_id": data["claim_id"], "position": position,
+                              "event_id": event["event_id"]})
+    cap = programme.get("caps", {}).get(data.get("service_code") or order.get("service_code"))
+    if cap is not None and data["amount_fen"] == cap:
+        claims = repo.record_cap_claim({"_id": data["claim_id"], "agency": data["agency_id"],
+                                        "programme": data["programme_id"], "position": position,
+                                        "event_id": event["event_id"]})
+        found.append(domain.claims_at_cap(claims, thresholds))
+    return found
+
+
+def _raise(repo, found, now):
+    data = {"anomaly_id": found["_id"], "rule": found["rule"], "summary": found["summary"],
+            "subject": found["subject"], "evidence_event_ids": found["evidence_event_ids"],
+            "ledger_positions": found["ledger_positions"]}
+    event = new_event(type="audit.anomaly_detected", producer="audit", aggregate_id=found["_id"], sequence=1,
+                      data=data, actor={"role": "system", "id": "audit"}, now=now)
+    if repo.add_anomaly(dict(found, detected_at=now), event, now):
+        metrics.ANOMALIES.labels(found["rule"]).inc()
+        log.warning("red flag %s: %s", found["rule"], found["summary"])

@@ -1,0 +1,362 @@
+"""The audit service: entrypoints only. The ledger's cryptography is in ledger.py, the read
+models in projector.py, the rules in domain.py, storage in storage.py."""
+import csv
+import io
+import json
+import logging
+from datetime import datetime
+
+import eventlet
+from nameko.dependency_providers import Config
+from nameko.exceptions import UnknownService
+from nameko.rpc import RpcProxy
+from nameko.timer import timer
+from pymerkle import InvalidChallenge
+from werkzeug.wrappers import Response
+
+from ipvkit import contracts  # noqa: F401 - registers every event schema
+from ipvkit.clock import Clock, utc_iso
+from ipvkit.consumer import consume
+from ipvkit.errors import ApiError, NotFound, RuleRefused
+from ipvkit.events import new_event
+from ipvkit.http import ServiceBase, api
+from services.audit import domain, ledger, metrics, projector
+from services.audit import schemas as s
+from services.audit.keys import SigningKey
+from services.audit.storage import AuditStore
+
+log = logging.getLogger(__name__)
+
+NAME = "audit"
+READERS = ("auditor", "officer")
+PRODUCERS = ("enterprises", "providers", "vouchers", "audit")
+RPC_TIMEOUT_S = 30
+BUCKET_FIELDS = ("budget", "remaining", "free", "held", "paid", "returned")
+VOUCHER_FIELDS = ("face_value", "free", "held", "paid", "returned")
+
+
+class Unavailable(ApiError):
+    status, code = 503, "unavailable"
+
+
+def entry_view(doc):
+    return {"position": doc["_id"], "event_id": doc["event_id"], "type": doc["type"], "event": doc["event"],
+            "prev_hash": doc["prev_hash"], "hash": doc["hash"], "appended_at": utc_iso(doc["appended_at"])}
+
+
+def checkpoint_view(doc):
+    return {k: doc[k] for k in ("size", "root_hash", "chain_hash", "signed_at", "key_id", "signature")}
+
+
+def anomaly_view(doc):
+    view = {k: doc[k] for k in ("rule", "summary", "subject", "evidence_event_ids", "ledger_positions")}
+    view.update(anomaly_id=doc["_id"], detected_at=utc_iso(doc["detected_at"]))
+    return view
+
+
+def csv_response(rows, columns, filename):
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return Response(out.getvalue(), status=200, mimetype="text/csv",
+                    headers={"Content-Disposition": f'attachment; filename="{filename}"'})
+
+
+def fact_filter(query):
+    return {k: query[k] for k in ("programme", "region", "tier", "service_code", "agency", "month") if k in query}
+
+
+class AuditService(ServiceBase):
+    name = NAME
+    store = AuditStore()
+    clock = Clock()
+    signer = SigningKey()
+    vouchers = RpcProxy("vouchers")
+    config = Config()
+
+    @property
+    def thresholds(self):
+        return domain.Thresholds.from_config(self.config)
+
+    # -- the ledger ----------------------------------------------------------------------------
+    @consume([(producer, "#") for producer in PRODUCERS])
+    def record(self, event):
+        """Appends every event of every service, once, then brings the read models up to date."""
+        now = self.clock.now()
+        entry, appended = self.store.append(event, now)
+        if appended:
+            metrics.LEDGER_ENTRIES.set(entry["_id"] + 1)
+            occurred = datetime.fromisoformat(event["occurred_at"].replace("Z", "+00:00"))
+            metrics.LAG.observe(max((now - occurred).total_seconds(), 0))
+        projector.run(self.store, now, self.thresholds)
+        return entry["_id"]
+
+    @timer(interval=1)
+    def project(self):
+        """Catches up entries a busy or crashed projector left (the append nudges it first)."""
+        return projector.run(self.store, self.clock.now(), self.thresholds)
+
+    @timer(interval=15)
+    def refresh_metrics(self):
+        metrics.LEDGER_ENTRIES.set(self.store.head()["size"])
+
+    @api("GET", "/api/v1/audit/head", roles=READERS, summary="How many entries the ledger holds, and the last hash")
+    def head(self, call):
+        head = self.store.head()
+        return {"size": head["size"], "hash": head["hash"], "projected": self.store.projector_position()}
+
+    @api("GET", "/api/v1/audit/entries", roles=READERS, query=s.EntriesQuery, summary="Ledger entries in order")
+    def list_entries(self, call):
+        query = call.query
+        if "event_id" in query:
+            doc = self.store.entry_by_event(str(query["event_id"]))
+            return {"items": [entry_view(doc)] if doc else [], "next_cursor": None}
+        docs = self.store.entries(query["after"], query["limit"], query.get("type"))
+        return {"items": [entry_view(d) for d in docs],
+                "next_cursor": docs[-1]["_id"] if len(docs) == query["limit"] else None}
+
+    @api("GET", "/api/v1/audit/entries/<int:position>", roles=READERS, summary="One ledger entry")
+    def get_entry(self, call):
+        return entry_view(self._entry(call.path["position"]))
+
+    def _entry(self, position):
+        doc = self.store.entry(position)
+        if doc is None:
+            raise NotFound(f"no ledger entry at position {position}")
+        return doc
+
+    @api("GET", "/api/v1/audit/verify", roles=READERS, summary="Verify the whole ledger against its hashes and checkpoints")
+    def verify(self, call):
+        head = self.store.head()
+        entries = [{"position": e["_id"], "event": e["event"], "prev_hash": e["prev_hash"], "hash": e["hash"]}
+                   for e in self.store.iter_entries()]
+        checkpoints = [checkpoint_view(c) for c in self.store.checkpoints(limit=10_000)]
+        _, problems = ledger.verify(entries, checkpoints, self.signer.public_pem, head_size=head["size"])
+        return {"ok": not problems, "entries": len(entries), "head_size": head["size"],
+                "checkpoints": len(checkpoints), "problems": problems}
+
+    @api("GET", "/api/v1/audit/export", roles=READERS,
+         summary="The ledger as JSON lines (key, checkpoints, entries) for the offline verifier")
+    def export(self, call):
+        store, public_pem = self.store, self.signer.public_pem
+        head = store.head()
+
+        def lines():
+            yield json.dumps({"kind": "key", "public_key": public_pem}) + "\n"
+            yield json.dumps({"kind": "head", "size": head["size"], "hash": head["hash"]}) + "\n"
+            for cp in store.checkpoints(limit=10_000):
+                yield json.dumps(dict(checkpoint_view(cp), kind="checkpoint")) + "\n"
+            for e in store.iter_entries():
+                yield json.dumps({"kind": "entry", "position": e["_id"], "event": e["event"],
+                                  "prev_hash": e["prev_hash"], "hash": e["hash"]}, ensure_ascii=False) + "\n"
+        return Response(lines(), status=200, mimetype="application/x-ndjson",
+                        headers={"Content-Disposition": 'attachment; filename="audit-ledger.jsonl"'})
+
+    # -- checkpoints and proofs ------------------------------------------------------------------
+    @api("GET", "/api/v1/audit/public-key", roles=READERS, summary="The checkpoint signing key (PEM)")
+    def public_key(self, call):
+        return {"key_id": self.signer.key_id, "algorithm": "Ed25519", "public_key": self.signer.public_pem}
+
+    @api("POST", "/api/v1/audit/checkpoints", roles=("officer", "ops"), status=201,
+         summary="Sign a checkpoint over the entries so far now")
+    def create_checkpoint(self, call):
+        checkpoint = self._checkpoint()
+        if checkpoint is None:
+            raise RuleRefused("ledger_empty", "the ledger has no entries to checkpoint")
+        return 201, checkpoint
+
+    @timer(interval=10)
+    def periodic_checkpoint(self):
+        """Every AUDIT_CHECKPOINT_EVERY_S, if the ledger grew."""
+        latest = self.store.latest_checkpoint()
+        every = int(self.config.get("AUDIT_CHECKPOINT_EVERY_S") or 300)
+        if latest is None or (self.clock.now() - datetime.fromisoformat(
+                latest["signed_at"].replace("Z", "+00:00"))).total_seconds() >= every:
+            if latest is None or self.store.head()["size"] > latest["size"]:
+                return self._checkpoint()
+        return None
+
+    def _checkpoint(self):
+        head = self.store.repair_head()
+        if head["size"] == 0:
+            return None
+        existing = self.store.checkpoint(head["size"])
+        if existing is not None:
+            return checkpoint_view(existing)
+        leaves = self.store.leaves(head["size"])
+        if len(leaves) != head["size"]:
+            raise RuleRefused("ledger_damaged", f"the head counts {head['size']} entries but {len(leaves)} "
+                                                "are stored; run /api/v1/audit/verify")
+        now = self.clock.now()
+        signed = self.signer.sign(head["size"], ledger.merkle_root(leaves), head["hash"], utc_iso(now))
+        event = new_event(type="audit.checkpoint_published", producer=NAME, aggregate_id=f"checkpoint-{head['size']}",
+                          sequence=1, data=signed, actor={"role": "system", "id": NAME}, now=now)
+        self.store.add_checkpoint(signed, event, now)
+        return signed
+
+    @api("GET", "/api/v1/audit/checkpoints", roles=READERS, query=s.PageQuery, summary="Signed checkpoints")
+    def list_checkpoints(self, call):
+        docs = self.store.checkpoints(call.query["after"], call.query["limit"])
+        return {"items": [checkpoint_view(d) for d in docs],
+                "next_cursor": docs[-1]["_id"] if len(docs) == call.query["limit"] else None}
+
+    def _checkpoint_at(self, size):
+        doc = self.store.checkpoint(size) if size is not None else self.store.latest_checkpoint()
+        if doc is None:
+            raise NotFound(f"no checkpoint of size {size}" if size is not None else "no checkpoint yet")
+        return doc
+
+    @api("GET", "/api/v1/audit/checkpoints/<int:size>", roles=READERS, summary="One checkpoint")
+    def get_checkpoint(self, call):
+        return checkpoint_view(self._checkpoint_at(call.path["size"]))
+
+    @api("GET", "/api/v1/audit/entries/<int:position>/proof", roles=READERS, query=s.ProofQuery,
+         summary="Inclusion proof of an entry in a checkpoint (RFC 9162)")
+    def inclusion_proof(self, call):
+        position = call.path["position"]
+        entry = self._entry(position)
+        checkpoint = self._checkpoint_at(call.query.get("checkpoint"))
+        if position >= checkpoint["_id"]:
+            raise RuleRefused("entry_after_checkpoint",
+                              f"entry {position} is not in the checkpoint of size {checkpoint['_id']}")
+        tree = ledger.LeafTree.from_leaves(self.store.leaves(checkpoint["_id"]))
+        proof = tree.prove_inclusion(position + 1, checkpoint["_id"])
+        return {"entry": entry_view(entry), "checkpoint": checkpoint_view(checkpoint), "proof": proof.serialize()}
+
+    @api("GET", "/api/v1/audit/checkpoints/<int:size>/consistency", roles=READERS, query=s.ConsistencyQuery,
+         summary="Consistency proof from one checkpoint to a later one (RFC 9162)")
+    def consistency_proof(self, call):
+        older = self._checkpoint_at(call.path["size"])
+        newer = self._checkpoint_at(call.query.get("to"))
+        if newer["_id"] < older["_id"]:
+            raise RuleRefused("checkpoints_out_of_order",
+                              f"checkpoint {newer['_id']} is older than checkpoint {older['_id']}")
+        tree = ledger.LeafTree.from_leaves(self.store.leaves(newer["_id"]))
+        try:
+            proof = tree.prove_consistency(older["_id"], newer["_id"]).serialize()
+        except InvalidChallenge as exc:
+            raise RuleRefused("ledger_damaged", f"no consistency proof: {exc}")
+        return {"older": checkpoint_view(older), "newer": checkpoint_view(newer), "proof": proof}
+
+    # -- reports -----------------------------------------------------------------------------------
+    @api("GET", "/api/v1/audit/reports/fund-use", roles=READERS, query=s.ReportQuery,
+         summary="Fund use grouped by programme, region, tier, service_code, agency or month")
+    def fund_use(self, call):
+        query = call.query
+        match = fact_filter(query)
+        sums = domain.sum_facts(self.store.facts(match, fields=(query["by"], "bucket", "fen", "count")), query["by"])
+        rows = domain.report_rows(sums)
+        for row in rows:
+            row["drilldown"] = {"by": query["by"], "key": row["key"], "filters": dict(match)}
+        if query["format"] == "csv":
+            columns = ["key"] + [f"{m}_{unit}" for m in domain.REPORT_MEASURES for unit in ("fen", "count")]
+            return csv_response(rows, columns, f"fund-use-by-{query['by']}.csv")
+        return {"by": query["by"], "filters": match, "rows": rows,
+                "through_position": self.store.projector_position() - 1}
+
+    @api("GET", "/api/v1/audit/reports/fund-use/entries", roles=READERS, query=s.DrilldownQuery,
+         summary="The ledger entries behind a report figure")
+    def fund_use_entries(self, call):
+        query = call.query
+        match = dict(fact_filter(query), bucket=query["measure"])
+        if "after" in query:
+            match["_id"] = {"$gt": query["after"]}
+        facts = list(self.store.facts(match).limit(query["limit"]))
+        items = [{"position": f["position"], "event_id": f["event_id"], "type": f["type"], "fen": f["fen"],
+                  "count": f["count"], "voucher": f["voucher"], "cursor": f["_id"]} for f in facts]
+        if query["format"] == "csv":
+            return csv_response(items, ["position", "event_id", "type", "fen", "count", "voucher"],
+                                f"fund-use-{query['measure']}-entries.csv")
+        return {"measure": query["measure"], "filters": fact_filter(query), "items": items,
+                "total_fen": sum(i["fen"] for i in items),
+                "next_cursor": facts[-1]["_id"] if len(facts) == query["limit"] else None}
+
+    # -- reconciliation ------------------------------------------------------------------------------
+    @api("GET", "/api/v1/audit/reconciliation", roles=READERS, query=s.ReconcileQuery,
+         summary="Balances rebuilt from the ledger against the vouchers service's own, per programme and voucher")
+    def reconciliation(self, call):
+        wanted = call.query.get("programme")
+        try:
+            with eventlet.Timeout(RPC_TIMEOUT_S, Unavailable("the vouchers service did not answer in time")):
+                theirs = {p["programme_id"]: p for p in self.vouchers.programme_balances()}
+                ours = domain.balances(domain.sum_facts(self.store.facts(
+                    {"programme": wanted} if wanted else {}, fields=("programme", "bucket", "fen", "count")),
+                    "programme"))
+                programmes = sorted((set(theirs) | set(ours)) - {None})
+                if wanted:
+                    programmes = [p for p in programmes if p == wanted]
+                report = [self._reconcile_programme(p, ours.get(p), theirs.get(p)) for p in programmes]
+        except UnknownService:
+            raise Unavailable("the vouchers service is not running; reconciliation needs its figures")
+        return {"ok": all(r["ok"] for r in report), "ledger_size": self.store.head()["size"],
+                "through_position": self.store.projector_position() - 1, "programmes": report}
+
+    def _reconcile_programme(self, programme_id, ours, theirs):
+        out = {"programme_id": programme_id, "differences": {}, "vouchers": [], "entries": []}
+        if ours is None or theirs is None:
+            out.update(ok=False, missing_in="ledger" if ours is None else "vouchers service")
+            return out
+        theirs_plain = {b: theirs.get(f"{b}_fen") for b in BUCKET_FIELDS}
+        out["differences"] = domain.differences(ours, theirs_plain, BUCKET_FIELDS)
+        if sum(ours[b] for b in domain.BUCKETS) != ours["budget"]:
+            out["differences"]["conservation"] = {"ledger": sum(ours[b] for b in domain.BUCKETS),
+                                                  "service": ours["budget"]}
+        facts = list(self.store.facts({"programme": programme_id}))
+        per_voucher = domain.sum_facts([f for f in facts if f["voucher"]], "voucher")
+        seen = set()
+        after = None
+        while True:
+            page = self.vouchers.voucher_balances(programme_id, after=after, limit=1000)
+            for v in page["vouchers"]:
+                seen.add(v["voucher_id"])
+                cells = per_voucher.get(v["voucher_id"], {})
+                mine = {"face_value": cells.get("issued", {}).get("fen", 0)}
+                mine.update({b: cells.get(b, {}).get("fen", 0) for b in ("free", "held", "paid", "returned")})
+                diff = domain.differences(mine, {f: v.get(f"{f}_fen") for f in VOUCHER_FIELDS}, VOUCHER_FIELDS)
+                if diff:
+                    out["vouchers"].append(self._voucher_difference(v["voucher_id"], diff, facts))
+            after = page.get("next")
+            if not after:
+                break
+        for voucher_id in sorted(set(per_voucher) - seen):
+            out["vouchers"].append(dict(self._voucher_difference(voucher_id, {}, facts),
+                                        missing_in="vouchers service"))
+        if out["differences"]:
+            out["entries"] = [{"position": f["position"], "event_id": f["event_id"], "type": f["type"]}
+                              for f in facts if not f["voucher"]]
+        out["ok"] = not out["differences"] and not out["vouchers"]
+        return out
+
+    @staticmethod
+    def _voucher_difference(voucher_id, diff, facts):
+        seen, entries = set(), []
+        for f in facts:
+            if f["voucher"] == voucher_id and f["position"] not in seen:
+                seen.add(f["position"])
+                entries.append({"position": f["position"], "event_id": f["event_id"], "type": f["type"]})
+        return {"voucher_id": voucher_id, "differences": diff, "entries": entries}
+
+    # -- red flags -----------------------------------------------------------------------------------
+    @api("GET", "/api/v1/audit/anomalies", roles=READERS, query=s.AnomalyQuery, summary="Red flags raised")
+    def list_anomalies(self, call):
+        query = call.query
+        docs = self.store.anomalies(query.get("rule"), query.get("after"), query["limit"])
+        return {"items": [anomaly_view(d) for d in docs],
+                "next_cursor": docs[-1]["_id"] if len(docs) == query["limit"] else None}
+
+    @api("GET", "/api/v1/audit/anomalies/<anomaly_id>", roles=READERS, summary="One red flag with its evidence")
+    def get_anomaly(self, call):
+        doc = self.store.anomaly(call.path["anomaly_id"])
+        if doc is None:
+            raise NotFound(f"no anomaly {call.path['anomaly_id']}")
+        return anomaly_view(doc)
+
+    # -- housekeeping ----------------------------------------------------------------------------------
+    @timer(interval=1)
+    def relay_outbox(self):
+        """Publishes anomaly and checkpoint events a crash or a broker outage left in the outbox."""
+        return self.store.relay_due(self.clock.now())
+
+
+SERVICE = AuditService  # what `nameko run` starts
