@@ -1,0 +1,134 @@
+"""The providers service's storage: agencies (aggregates with an outbox; each keeps its full rating
+history and blacklist history inside, so a rating and its event are one single-document write), and
+the read model of voucher orders fed by the vouchers service's events."""
+import re
+from collections import Counter
+
+from pymongo import ASCENDING, IndexModel, ReturnDocument
+from pymongo.errors import DuplicateKeyError
+
+from ipvkit.storage import ConcurrentChange, MongoStore, Repo
+from services.providers import domain
+
+AGENCIES, ORDERS = "agencies", "orders"
+# Lists and single reads leave out what only the history routes show.
+SUMMARY = {"outbox": 0, "evaluations": 0, "blacklist_history": 0}
+# A standing event is at most 256 KiB: list at most this many open orders in it (~100 bytes each).
+AFFECTED_ORDERS_LIMIT = 2000
+COUNTERS = domain.RECORD_KEYS[2:]
+
+
+class ProviderRepo(Repo):
+    # -- agencies ----------------------------------------------------------------------------
+    def register(self, doc, event, now):
+        """Returns the stored document, or None if the credit code is already registered."""
+        try:
+            return self.insert_aggregate(AGENCIES, doc, [event], now)
+        except DuplicateKeyError:
+            return None
+
+    def agency(self, agency_id, history=False):
+        return self.db[AGENCIES].find_one({"_id": agency_id}, None if history else SUMMARY)
+
+    def agencies(self, *, kind=None, region=None, service_code=None, level=None, status=None, blacklisted=None,
+                 q=None, after=None, limit=50):
+        query = {}
+        if kind is not None:
+            query["kind"] = kind
+        if region is not None:
+            query["region_prefixes"] = region
+        if service_code is not None:
+            query["service_codes"] = service_code
+        if level is not None:
+            query["level"] = None if level == domain.UNRATED else level
+        if status is not None:
+            query["status"] = status
+        if blacklisted is not None:
+            query["blacklist"] = {"$ne": None} if blacklisted else None
+        if q:
+            query["name"] = {"$regex": re.escape(q), "$options": "i"}
+        if after:
+            query["_id"] = {"$gt": after}
+        return list(self.db[AGENCIES].find(query, SUMMARY).sort("_id", ASCENDING).limit(limit))
+
+    def candidates(self, service_code, region=None):
+        """Active, unlisted agencies offering a service code (the line is checked by the caller)."""
+        query = {"service_codes": service_code, "status": "active", "blacklist": None}
+        if region:
+            query["region_prefixes"] = region
+        return list(self.db[AGENCIES].find(query, SUMMARY))
+
+    def change_agency(self, current, changes, events, now, push=None):
+        """Repo.update_aggregate plus `$push` for the history arrays, still one guarded write."""
+        update = {"$set": dict(changes)} if changes else {}
+        if push:
+            update["$push"] = dict(push)
+        if events:
+            update.setdefault("$set", {})["outbox_due"] = now
+            update.setdefault("$push", {})["outbox"] = {"$each": list(events)}
+            update["$inc"] = {"seq": len(events)}
+        doc = self.db[AGENCIES].find_one_and_update({"_id": current["_id"], "seq": current["seq"]}, update,
+                                                    return_document=ReturnDocument.AFTER)
+        if doc is None:
+            raise ConcurrentChange(f"agency {current['_id']} changed concurrently")
+        if events:
+            self.flush_outbox(AGENCIES, doc["_id"], now)
+        return doc
+
+    def listings_over(self, today_iso, limit=200):
+        return list(self.db[AGENCIES].find({"blacklist.listed_to": {"$lt": today_iso}}, SUMMARY).limit(limit))
+
+    def level_status_counts(self):
+        counts = Counter()
+        for doc in self.db[AGENCIES].find({}, {"level": 1, "status": 1, "blacklist": 1}):
+            counts[(doc.get("level") or domain.UNRATED, domain.metric_status(doc))] += 1
+        return counts
+
+    # -- orders read model ---------------------------------------------------------------------
+    def apply_order_event(self, event, closed, increments):
+        """Applies one order or claim event to its order, once: the event id joins the order's
+        `applied` list in the same write, and a repeat matches no document (the upsert then hits
+        the unique _id). Returns False for a repeat."""
+        data = event["data"]
+        inc = dict.fromkeys(COUNTERS, 0)  # every order carries every counter
+        inc.update(increments)
+        on_insert = {"agency_id": data["agency_id"], "enterprise_id": data["enterprise_id"]}
+        update = {"$setOnInsert": on_insert, "$inc": inc, "$push": {"applied": event["event_id"]},
+                  "$set": {"last_event_at": event["occurred_at"]}}
+        if closed:
+            update["$set"].update(open=False, closed=closed)
+        else:
+            on_insert["open"] = True
+        try:
+            self.db[ORDERS].update_one({"_id": data["order_id"], "applied": {"$ne": event["event_id"]}}, update,
+                                       upsert=True)
+            return True
+        except DuplicateKeyError:
+            return False
+
+    def open_orders(self, agency_id, limit=AFFECTED_ORDERS_LIMIT):
+        return list(self.db[ORDERS].find({"agency_id": agency_id, "open": True}, {"enterprise_id": 1})
+                    .sort("_id", ASCENDING).limit(limit))
+
+    def service_records(self, agency_ids):
+        """{agency_id: service record}. Summed here: FerretDB 1.24's `$group` `$sum` of a field
+        returned 0 in our probes, so the counters are read and added up in Python."""
+        orders = {agency_id: [] for agency_id in agency_ids}
+        projection = {"agency_id": 1, "open": 1, **dict.fromkeys(COUNTERS, 1)}
+        for doc in self.db[ORDERS].find({"agency_id": {"$in": list(agency_ids)}}, projection):
+            orders[doc["agency_id"]].append(doc)
+        return {agency_id: domain.service_record(docs) for agency_id, docs in orders.items()}
+
+    def purge_idempotency_keys(self, before):
+        return self.idempotency().delete_many({"created_at": {"$lt": before}}).deleted_count
+
+
+class ProviderStore(MongoStore):
+    repo_class = ProviderRepo
+    outbox_collections = (AGENCIES,)
+    indexes = {
+        AGENCIES: [IndexModel([("region_prefixes", ASCENDING)]), IndexModel([("service_codes", ASCENDING)]),
+                   IndexModel([("level", ASCENDING)]), IndexModel([("status", ASCENDING)]),
+                   IndexModel([("blacklist.listed_to", ASCENDING)])],
+        ORDERS: [IndexModel([("agency_id", ASCENDING), ("open", ASCENDING)])],
+    }
