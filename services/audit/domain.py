@@ -121,7 +121,7 @@ def flag(rule, key, summary, subject, evidence):
             "ledger_positions": [p for p, _ in seen], "evidence_event_ids": [e for _, e in seen]}
 
 
-def duplicate_evidence(claim, kind, earlier_uses):
+def duplicate_evidence(claim, kind, value, earlier_uses):
     """The same invoice number or deliverable hash on claims for different orders (a repeated
     claim for the same order after a rejection is not a duplicate)."""
     others = [u for u in earlier_uses if u["order_id"] != claim["data"]["order_id"]]
@@ -129,8 +129,8 @@ def duplicate_evidence(claim, kind, earlier_uses):
         return None
     data = claim["data"]
     label = "invoice number" if kind == "invoice_no" else "deliverable (SHA-256)"
-    return flag("duplicate_evidence", (kind, data[kind], data["order_id"]),
-                f"{label} {data[kind]} of claim {data['claim_id']} was already claimed for order(s) "
+    return flag("duplicate_evidence", (kind, value, data["order_id"]),
+                f"{label} {value} of claim {data['claim_id']} was already claimed for order(s) "
                 + ", ".join(sorted({u["order_id"] for u in others})),
                 {"agency_id": data["agency_id"], "enterprise_id": data["enterprise_id"],
                  "programme_id": data["programme_id"], "claim_id": data["claim_id"]},

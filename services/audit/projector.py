@@ -100,7 +100,7 @@ def _claim_submitted(repo, event, programme, order, thresholds):
     for kind in ("invoice_no", "deliverable_sha256"):
         value = data[kind].strip().upper() if kind == "invoice_no" else data[kind]
         earlier = [u for u in repo.evidence_uses(kind, value) if u["position"] < position]
-        found.append(domain.duplicate_evidence(event, kind, earlier))
+        found.append(domain.duplicate_evidence(event, kind, value, earlier))
         repo.record_evidence({"_id": f"{kind}:{value}:{data['claim_id']}", "kind": kind, "value": value,
                               "order_id": data["order_id"], "claim_id": data["claim_id"], "position": position,
                               "event_id": event["event_id"]})

@@ -8,6 +8,7 @@ the other gets a duplicate key and tries the next position. A crash between the 
 head update leaves an entry one past the head; whoever appends next (or the service at start)
 finds it and advances the head over it (`repair_head`). Positions are gap-free and ordered.
 """
+from eventlet.semaphore import Semaphore
 from pymongo import ASCENDING, IndexModel, ReturnDocument
 from pymongo.errors import DuplicateKeyError
 
@@ -43,7 +44,13 @@ class AuditRepo(Repo):
                     pass
 
     def append(self, event, now):
-        """Appends the event once (by event_id). Returns (entry, appended_now)."""
+        """Appends the event once (by event_id). Returns (entry, appended_now).
+        One append at a time per process, in delivery order: concurrent workers would only race
+        for the same position, and a queue's order (one producer's order) is kept in the ledger."""
+        with self.store.append_lock:
+            return self._append(event, now)
+
+    def _append(self, event, now):
         encoded = ledger.canonical(event)
         stored_event = ledger.plain(event)
         while True:
@@ -219,6 +226,10 @@ class AuditRepo(Repo):
 
 class AuditStore(MongoStore):
     repo_class = AuditRepo
+
+    def setup(self):
+        super().setup()
+        self.append_lock = Semaphore()
 
     def start(self):
         super().start()
