@@ -114,10 +114,29 @@ def standing_notification(event):
                 "如需更换服务机构，请在取消订单前与其协商。")
         return {"kind": "agency_blacklisted", "title": title, "body": body, "old_standing": "eligible",
                 "new_standing": "blacklisted"}
+    if event["type"] == "provider.status_changed":
+        return _status_notification(data)
     if data["was_eligible"] and not data["eligible"]:
         title = f"代理机构「{name}」信用等级降至 {data['new_level']} 级，低于服务券资格线 {data['eligibility_line']} 级"
         body = (f"{name} 的信用等级由 {data['old_level'] or '无'} 级变为 {data['new_level']} 级（得分 {data['score']}）。"
                 "该机构不能再承接新的服务券订单；降级前已下的订单可继续履行并结算。")
         return {"kind": "agency_below_line", "title": title, "body": body,
-                "old_standing": f"level {data['old_level']}", "new_standing": f"level {data['new_level']}"}
+                "old_standing": f"level {data['old_level'] or 'unrated'}", "new_standing": f"level {data['new_level']}"}
     return None
+
+
+def _status_notification(data):
+    """A suspension or cancellation alerts; a reinstatement does not (nothing to act on)."""
+    name, old, new = data["agency_name"], data["old_status"], data["new_status"]
+    if new not in ("suspended", "cancelled") or old == new:
+        return None
+    if new == "suspended":
+        title = f"代理机构「{name}」已被暂停服务券业务"
+        body = (f"{name} 已被暂停（{data['reason']}）。暂停期间该机构不能承接新的服务券订单；您已下的订单仍然有效，"
+                "交付与结算照常审核。如需改选其他机构，可在交付前取消订单，补贴额度退回您的服务券。")
+    else:
+        title = f"代理机构「{name}」已注销"
+        body = (f"{name} 已注销（{data['reason']}），不能再承接或交付服务券订单。"
+                "请取消尚未交付的订单，补贴额度退回您的服务券，再改选其他机构。")
+    return {"kind": f"agency_{new}", "title": title, "body": body, "old_standing": f"status {old}",
+            "new_standing": f"status {new}"}

@@ -196,10 +196,12 @@ class EnterprisesService(ServiceBase):
         doc["read"] = True
         return notification_view(doc)
 
-    @consume([("providers", "provider.rating_changed"), ("providers", "provider.blacklisted")])
+    @consume([("providers", "provider.rating_changed"), ("providers", "provider.blacklisted"),
+              ("providers", "provider.status_changed")])
     def on_agency_standing(self, event):
         """Alerts every enterprise with an open order with an agency that fell below the voucher
-        line or was blacklisted. Idempotent: one notification per (event, enterprise)."""
+        line, was blacklisted, suspended or cancelled. Idempotent: one notification per (event,
+        enterprise)."""
         message = domain.standing_notification(event)
         if message is None:
             return 0
