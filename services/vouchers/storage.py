@@ -1,0 +1,233 @@
+"""The vouchers service's storage: collections, indexes, and the guarded single-document verbs
+the money path is built from (no multi-document transactions).
+
+- A voucher document holds its orders and their claims (`orders.<order_id>`) with the balance
+  buckets, so every order and claim step is one guarded update of one document, outbox included.
+- Issuance spans two documents and runs in a crash-safe order: reserve on the programme (budget
+  decrement plus a `pending.<voucher_id>` entry holding everything needed to finish), take the
+  enterprise's annual cap (idempotent on the voucher id), insert the voucher, clear the entry.
+  `complete_reservation` is that whole sequence and is safe to run again from any point: the
+  sweeper runs it for entries a crash left behind.
+"""
+import uuid
+
+from pymongo import ASCENDING, IndexModel, ReturnDocument
+from pymongo.errors import DuplicateKeyError
+
+from ipvkit.storage import MongoStore, Repo
+
+PROGRAMMES, REVISIONS, VOUCHERS, CAPS = "programmes", "programme_revisions", "vouchers", "annual_caps"
+QUALIFICATIONS, AGENCIES = "qualifications", "agencies"
+SUMMED = ("face_value_fen", "free_fen", "held_fen", "paid_fen", "returned_fen")
+
+
+def new_id(prefix):
+    return f"{prefix}_{uuid.uuid4().hex[:20]}"
+
+
+def order_id_for(voucher_id):
+    return f"o_{voucher_id[2:]}_{uuid.uuid4().hex[:8]}"
+
+
+def voucher_of(order_or_claim_id):
+    """Order and claim ids embed their voucher's id: the voucher document is found without an index."""
+    parts = order_or_claim_id.split("_")
+    return f"v_{parts[1]}" if len(parts) == 3 and parts[0] in ("o", "c") else None
+
+
+def claim_id_for(order_id):
+    return "c_" + order_id[2:]
+
+
+def order_of_claim(claim_id):
+    return "o_" + claim_id[2:]
+
+
+class VoucherRepo(Repo):
+    def _write(self, collection, guard, update, events, now, flush=True):
+        """One guarded update with its events appended to the document's outbox; None when the
+        guard no longer matches."""
+        update = {k: dict(v) for k, v in update.items() if v}
+        if events:
+            update.setdefault("$set", {})["outbox_due"] = now
+            update["$push"] = {"outbox": {"$each": list(events)}}
+        doc = self.db[collection].find_one_and_update(guard, update, return_document=ReturnDocument.AFTER)
+        if doc is not None and flush and events:
+            self.flush_outbox(collection, doc["_id"], now)
+        return doc
+
+    # -- programmes ----------------------------------------------------------------------------
+    def create_programme(self, doc, revision, event, now):
+        self.db[REVISIONS].insert_one(revision)
+        return self.insert_aggregate(PROGRAMMES, doc, [event], now)
+
+    def programme(self, programme_id):
+        return self.db[PROGRAMMES].find_one({"_id": programme_id}, {"outbox": 0})
+
+    def programmes(self, status=None, after=None, limit=50):
+        query = {}
+        if status:
+            query["status"] = status
+        if after:
+            query["_id"] = {"$gt": after}
+        return list(self.db[PROGRAMMES].find(query, {"outbox": 0, "pending": 0}).sort("_id", ASCENDING).limit(limit))
+
+    def change_programme(self, current, changes, events, now, budget_delta=0, revision=None, remaining=None):
+        """A programme transition guarded by its `seq` (and, given `remaining`, by the remaining
+        budget its event reports); a budget change moves `remaining` in the same write and may
+        not take it below zero."""
+        if revision is not None:
+            self.db[REVISIONS].insert_one(revision)  # unreferenced until the write below succeeds
+        guard = {"_id": current["_id"], "seq": current["seq"]}
+        if budget_delta < 0:
+            guard["remaining_fen"] = {"$gte": -budget_delta}
+        if remaining is not None:
+            guard["remaining_fen"] = remaining
+        update = {"$set": changes, "$inc": {"seq": len(events), "remaining_fen": budget_delta, "budget_fen": budget_delta}}
+        return self._write(PROGRAMMES, guard, update, events, now)
+
+    def revision(self, revision_id):
+        cache = self.store.revisions
+        if revision_id not in cache:  # revisions never change once written
+            cache[revision_id] = self.db[REVISIONS].find_one({"_id": revision_id})
+        return cache[revision_id]
+
+    # -- issuance ------------------------------------------------------------------------------
+    def reserve(self, programme_id, voucher_id, pending, today_iso):
+        """Budget decrement and the pending entry in one write; None if closed, outside its window
+        or short of budget. The returned document's `issue_no` numbers this reservation."""
+        face = pending["face_value_fen"]
+        return self.db[PROGRAMMES].find_one_and_update(
+            {"_id": programme_id, "status": "open", "opens_on": {"$lte": today_iso}, "closes_on": {"$gte": today_iso},
+             "remaining_fen": {"$gte": face}},
+            {"$inc": {"remaining_fen": -face, "issued_fen": face, "issue_no": 1},
+             "$set": {f"pending.{voucher_id}": pending}},
+            return_document=ReturnDocument.AFTER)
+
+    def take_cap(self, key, voucher_id, face, cap):
+        """Adds `face` to the enterprise's issued total for the year unless that passes `cap`.
+        Idempotent on the voucher id, so finishing a reservation twice counts it once."""
+        caps = self.db[CAPS]
+        for _ in range(3):
+            try:
+                caps.update_one({"_id": key, "issued_fen": {"$lte": cap - face}, "vouchers": {"$ne": voucher_id}},
+                                {"$inc": {"issued_fen": face}, "$push": {"vouchers": voucher_id}}, upsert=True)
+                return True
+            except DuplicateKeyError:
+                doc = caps.find_one({"_id": key})
+                if doc is not None:  # exists: either already counted, or the cap refused it
+                    return voucher_id in doc["vouchers"]
+        raise RuntimeError(f"annual cap counter {key} could not be written")
+
+    def undo_reservation(self, programme_id, voucher_id, face):
+        self.db[PROGRAMMES].update_one(
+            {"_id": programme_id, f"pending.{voucher_id}": {"$exists": True}},
+            {"$inc": {"remaining_fen": face, "issued_fen": -face}, "$unset": {f"pending.{voucher_id}": ""}})
+
+    def insert_voucher(self, doc, event, now):
+        try:
+            return self.insert_aggregate(VOUCHERS, doc, [event], now)
+        except DuplicateKeyError:
+            return self.voucher(doc["_id"])
+
+    def settle_reservation(self, programme_id, voucher_id):
+        self.db[PROGRAMMES].update_one({"_id": programme_id}, {"$unset": {f"pending.{voucher_id}": ""}})
+
+    def stale_reservations(self, before):
+        """(programme, voucher id, entry) for every reservation older than `before`."""
+        found = []
+        for programme in self.db[PROGRAMMES].find({"pending": {"$exists": True}}, {"outbox": 0}):
+            for voucher_id, entry in (programme.get("pending") or {}).items():
+                if entry["reserved_at"] < before:
+                    found.append((programme, voucher_id, entry))
+        return found
+
+    # -- vouchers, orders, claims --------------------------------------------------------------
+    def voucher(self, voucher_id):
+        return self.db[VOUCHERS].find_one({"_id": voucher_id}, {"outbox": 0})
+
+    def change_voucher(self, voucher_id, guard, events, now, inc=None, set_=None, unset=None, add=None):
+        update = {"$inc": inc or {}, "$set": set_ or {}, "$unset": unset or {}, "$addToSet": add or {}}
+        if events and any(e["aggregate_id"] == voucher_id for e in events):
+            update["$inc"]["seq"] = 1
+        return self._write(VOUCHERS, dict(guard, _id=voucher_id), update, events, now)
+
+    def vouchers(self, query, after=None, limit=50):
+        query = dict(query)
+        if after:
+            query["_id"] = {"$gt": after}
+        return list(self.db[VOUCHERS].find(query, {"outbox": 0}).sort("_id", ASCENDING).limit(limit))
+
+    def expiring(self, today_iso, limit=500):
+        return list(self.db[VOUCHERS].find({"status": "live", "valid_to": {"$lt": today_iso}}, {"outbox": 0}).limit(limit))
+
+    # -- conservation reads --------------------------------------------------------------------
+    def voucher_sums(self, programme_id, issue_no):
+        """Bucket sums over the programme's vouchers issued up to reservation number `issue_no`.
+        Summed here, not in $group: FerretDB 1.24 computes only the first accumulator of a $group."""
+        sums = dict.fromkeys(SUMMED, 0)
+        for doc in self.db[VOUCHERS].find({"programme_id": programme_id, "issue_no": {"$lte": issue_no}},
+                                          dict.fromkeys(SUMMED, 1)):
+            for name in SUMMED:
+                sums[name] += doc[name]
+        return sums
+
+    def claim_counts(self):
+        counts = {}
+        for state in ("submitted", "approved"):
+            field = f"claims_{state}"
+            counts[state] = sum(d[field] for d in self.db[VOUCHERS].find({field: {"$gt": 0}}, {field: 1}))
+        return counts
+
+    def live_count(self, programme_id):
+        # count_documents, not {$sum: 1}: FerretDB 1.24 sums a literal 1 to 0 in $group.
+        return self.db[VOUCHERS].count_documents({"programme_id": programme_id, "status": "live"})
+
+    # -- read models fed by events -------------------------------------------------------------
+    def apply_qualification(self, qualification_id, fields_, sequence):
+        """Commutative: the granted facts and a revocation date are each set once, in any order."""
+        self.db[QUALIFICATIONS].update_one({"_id": qualification_id},
+                                           {"$set": fields_, "$max": {"seq": sequence}}, upsert=True)
+
+    def qualifications(self, enterprise_id):
+        return list(self.db[QUALIFICATIONS].find({"enterprise_id": enterprise_id}))
+
+    def apply_agency(self, agency_id, group, sequence, fields_):
+        """Sets one group of an agency's fields (profile, status, rating, blacklist) only if this
+        event is newer than the last one applied to that group: late and repeated events are no-ops."""
+        seq = f"{group}_seq"
+        try:
+            self.db[AGENCIES].update_one(
+                {"_id": agency_id, "$or": [{seq: {"$lt": sequence}}, {seq: {"$exists": False}}]},
+                {"$set": dict(fields_, **{seq: sequence})}, upsert=True)
+            return True
+        except DuplicateKeyError:  # the document exists with a newer event for this group
+            return False
+
+    def agency(self, agency_id):
+        return self.db[AGENCIES].find_one({"_id": agency_id})
+
+    def purge_idempotency_keys(self, before):
+        return self.idempotency().delete_many({"created_at": {"$lt": before}}).deleted_count
+
+
+class VoucherStore(MongoStore):
+    repo_class = VoucherRepo
+    outbox_collections = (PROGRAMMES, VOUCHERS)
+    indexes = {
+        PROGRAMMES: [IndexModel([("status", ASCENDING)])],
+        VOUCHERS: [
+            IndexModel([("programme_id", ASCENDING), ("issue_no", ASCENDING)]),
+            IndexModel([("programme_id", ASCENDING), ("status", ASCENDING)]),
+            IndexModel([("enterprise_id", ASCENDING)]),
+            IndexModel([("agencies", ASCENDING)]),
+            IndexModel([("status", ASCENDING), ("valid_to", ASCENDING)]),
+            IndexModel([("claims_submitted", ASCENDING)]),
+            IndexModel([("claims_approved", ASCENDING)]),
+        ],
+        QUALIFICATIONS: [IndexModel([("enterprise_id", ASCENDING)])],
+    }
+
+    def setup(self):
+        super().setup()
+        self.revisions = {}
