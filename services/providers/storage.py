@@ -88,7 +88,8 @@ class ProviderRepo(Repo):
     def apply_order_event(self, event, closed, increments):
         """Applies one order or claim event to its order, once: the event id joins the order's
         `applied` list in the same write, and a repeat matches no document (the upsert then hits
-        the unique _id). Returns False for a repeat."""
+        the unique _id). Returns False for a repeat. Events of one order may come in any order:
+        closing is never undone and counters only add."""
         data = event["data"]
         inc = dict.fromkeys(COUNTERS, 0)  # every order carries every counter
         inc.update(increments)
@@ -99,12 +100,16 @@ class ProviderRepo(Repo):
             update["$set"].update(open=False, closed=closed)
         else:
             on_insert["open"] = True
-        try:
-            self.db[ORDERS].update_one({"_id": data["order_id"], "applied": {"$ne": event["event_id"]}}, update,
-                                       upsert=True)
-            return True
-        except DuplicateKeyError:
-            return False
+        query = {"_id": data["order_id"], "applied": {"$ne": event["event_id"]}}
+        for _ in range(2):
+            try:
+                self.db[ORDERS].update_one(query, update, upsert=True)
+                return True
+            except DuplicateKeyError:
+                # A repeat, or another event of a new order inserted it first: then try again.
+                if self.db[ORDERS].find_one({"_id": data["order_id"], "applied": event["event_id"]}, {"_id": 1}):
+                    return False
+        raise ConcurrentChange(f"order {data['order_id']} kept changing")  # the consumer retries later
 
     def open_orders(self, agency_id, limit=AFFECTED_ORDERS_LIMIT):
         return list(self.db[ORDERS].find({"agency_id": agency_id, "open": True}, {"enterprise_id": 1})
