@@ -1,0 +1,162 @@
+"""The audit ledger over the real broker and database: every event once, gap-free under two
+pods, safe across a crash mid-append, tampering caught and named (by the API and by the offline
+verifier on an export), proofs that verify offline and fail when altered."""
+import json
+
+import eventlet
+import pytest
+from pymongo import MongoClient
+
+from ipvkit.amqp import events_exchange
+from services.audit import ledger, verify
+from services.audit.service import AuditService
+from services.audit.storage import AuditRepo
+from tests.conftest import dumps, free_port, publish_raw
+from tests.integration.test_audit_reports import E1, Events, audit  # noqa: F401 - the fixture
+
+pytestmark = pytest.mark.integration
+
+
+def enterprises(ev, count):
+    for n in range(count):
+        ev.emit("enterprise.registered", "enterprises", f"e{n}", "2026-01-02", {
+            "enterprise_id": E1, "name": f"企业{n}", "region": "350102", "industry": "C34", "size": "small"})
+
+
+def wait_size(api, count, timeout=20):
+    with eventlet.Timeout(timeout, AssertionError(f"the ledger did not reach {count} entries")):
+        while api.get("/api/v1/audit/head").json()["size"] < count:
+            eventlet.sleep(0.1)
+
+
+def test_every_event_once_in_order_even_when_redelivered_or_malformed(audit, amqp_uri):
+    api = audit()
+    ev = Events(amqp_uri)
+    enterprises(ev, 3)
+    publish_raw(amqp_uri, events_exchange("enterprises"), "enterprise.registered", dumps(ev.sent[1]))  # again
+    publish_raw(amqp_uri, events_exchange("providers"), "provider.registered", b"{not json")
+    enterprises(ev, 1)
+    wait_size(api, 4)
+    eventlet.sleep(0.5)
+    items = api.get("/api/v1/audit/entries").json()["items"]
+    assert [i["event_id"] for i in items] == [e["event_id"] for e in ev.sent]
+    assert [i["position"] for i in items] == [0, 1, 2, 3]
+    assert items[0]["prev_hash"] == ledger.GENESIS and items[1]["prev_hash"] == items[0]["hash"]
+    assert api.get("/api/v1/audit/verify").json() == {"ok": True, "entries": 4, "head_size": 4, "checkpoints": 0,
+                                                     "problems": []}
+    metrics = api.get("/metrics").text
+    assert "ipv_audit_ledger_entries 4.0" in metrics and "ipv_audit_lag_seconds_count 4.0" in metrics
+
+
+def test_two_pods_on_one_queue_keep_positions_gap_free(audit, container_factory, amqp_uri, service_config):
+    api = audit()
+    second = container_factory(AuditService, dict(api.config, WEB_SERVER_ADDRESS="127.0.0.1:0"))
+    second.start()
+    ev = Events(amqp_uri)
+    enterprises(ev, 60)
+    wait_size(api, 60)
+    positions = [i["position"] for i in api.get("/api/v1/audit/entries", limit=500).json()["items"]]
+    assert positions == list(range(60))
+    assert sorted(i["event_id"] for i in api.get("/api/v1/audit/entries", limit=500).json()["items"]) == \
+        sorted(e["event_id"] for e in ev.sent)
+    assert api.get("/api/v1/audit/verify").json()["ok"] is True
+
+
+def test_a_crash_between_the_entry_and_the_head_is_repaired(audit, amqp_uri, monkeypatch, mongo_uri):
+    def crash(self, head, entry):
+        raise RuntimeError("the pod died after inserting the entry")
+    monkeypatch.setattr(AuditRepo, "_advance", crash)
+    api = audit(EVENT_MAX_RETRIES=0)
+    ev = Events(amqp_uri)
+    enterprises(ev, 1)
+    db = MongoClient(mongo_uri)[api.config["MONGO_DB"]]
+    with eventlet.Timeout(10):
+        while db.entries.count_documents({}) == 0:
+            eventlet.sleep(0.1)
+    assert api.get("/api/v1/audit/head").json()["size"] == 0          # inserted but not counted
+    api.container.kill()
+    monkeypatch.undo()
+    restarted = audit(WEB_SERVER_ADDRESS=f"127.0.0.1:{free_port()}")    # repairs on start
+    assert restarted.get("/api/v1/audit/head").json()["size"] == 1
+    enterprises(ev, 1)
+    wait_size(restarted, 2)
+    assert restarted.get("/api/v1/audit/verify").json()["ok"] is True
+
+
+def tamper(db, kind):
+    """Changes the stored ledger the way an insider with database access would."""
+    entries = db.entries
+    if kind == "modified":
+        entries.update_one({"_id": 2}, {"$set": {"event.data.name": "改过的名字"}})
+        return 2
+    if kind == "deleted":
+        entries.delete_one({"_id": 2})
+        return 2
+    docs = list(entries.find({"_id": {"$gte": 2}}).sort("_id", 1))
+    entries.delete_many({"_id": {"$gte": 2}})
+    if kind == "inserted":
+        forged = dict(docs[0], _id=2, event_id="forged", event=dict(docs[0]["event"], event_id="forged"))
+        forged["hash"] = ledger.chain_hash(forged["prev_hash"], ledger.canonical(forged["event"]))
+        entries.insert_many([forged] + [dict(d, _id=d["_id"] + 1) for d in docs])
+    else:  # reordered: the entries at 2 and 3 change places
+        entries.insert_many([dict(docs[1], _id=2), dict(docs[0], _id=3)] + docs[2:])
+    return 2
+
+
+@pytest.mark.parametrize("kind", ["modified", "deleted", "inserted", "reordered"])
+def test_tampering_is_caught_and_named_by_the_api_and_the_offline_verifier(audit, amqp_uri, mongo_uri, kind, tmp_path):
+    api = audit()
+    ev = Events(amqp_uri)
+    enterprises(ev, 5)
+    wait_size(api, 5)
+    checkpoint = api.post("/api/v1/audit/checkpoints", role="ops").json()
+    (tmp_path / "kept.json").write_text(json.dumps(checkpoint))
+    (tmp_path / "key.pem").write_text(api.get("/api/v1/audit/public-key").json()["public_key"])
+    before = tmp_path / "before.jsonl"
+    before.write_text(api.get("/api/v1/audit/export").text)
+    assert verify.main([str(before), "--public-key", str(tmp_path / "key.pem")]) == 0
+
+    position = tamper(MongoClient(mongo_uri)[api.config["MONGO_DB"]], kind)
+    found = api.get("/api/v1/audit/verify").json()
+    assert found["ok"] is False
+    assert {"kind": kind, "position": position} in [{k: p[k] for k in ("kind", "position")} for p in found["problems"]]
+    assert any(p["kind"] == "checkpoint" for p in found["problems"])      # the signed root no longer matches
+
+    after = tmp_path / "after.jsonl"
+    after.write_text(api.get("/api/v1/audit/export").text)
+    count, problems = verify.check(str(after), (tmp_path / "key.pem").read_text(), [checkpoint])
+    assert (kind, position) in [(p["kind"], p["position"]) for p in problems]
+    assert verify.main([str(after), "--public-key", str(tmp_path / "key.pem"),
+                        "--checkpoint", str(tmp_path / "kept.json")]) == 1
+
+
+def test_proofs_verify_offline_and_fail_when_altered(audit, amqp_uri, event_tap):
+    api = audit()
+    tap = event_tap("audit", "audit.checkpoint_published")
+    ev = Events(amqp_uri)
+    enterprises(ev, 3)
+    wait_size(api, 3)
+    older = api.post("/api/v1/audit/checkpoints").json()
+    assert tap.next()["data"] == older                                    # published as an event ...
+    wait_size(api, 4)                                                     # ... which the ledger records too
+    enterprises(ev, 4)
+    wait_size(api, 8)
+    newer = api.post("/api/v1/audit/checkpoints").json()
+    assert (older["size"], newer["size"]) == (3, 8)
+    public = api.get("/api/v1/audit/public-key").json()["public_key"]
+    assert ledger.checkpoint_signature_ok(older, public) and ledger.checkpoint_signature_ok(newer, public)
+
+    inclusion = api.get("/api/v1/audit/entries/5/proof", checkpoint=8).json()
+    event = inclusion["entry"]["event"]
+    assert ledger.inclusion_ok(event, 5, inclusion["proof"], newer)
+    assert not ledger.inclusion_ok(dict(event, occurred_at="2020-01-01T00:00:00.000Z"), 5, inclusion["proof"], newer)
+    assert not ledger.inclusion_ok(event, 4, inclusion["proof"], newer)
+    assert not ledger.inclusion_ok(event, 5, inclusion["proof"], dict(newer, root_hash=older["root_hash"]))
+
+    consistency = api.get("/api/v1/audit/checkpoints/3/consistency", to=8).json()
+    assert ledger.consistency_ok(older, newer, consistency["proof"])
+    forged = dict(consistency["proof"], path=list(reversed(consistency["proof"]["path"])))
+    assert not ledger.consistency_ok(older, newer, forged)
+    refused = api.get("/api/v1/audit/entries/5/proof", checkpoint=3)
+    assert refused.status_code == 422 and refused.json()["rule"] == "entry_after_checkpoint"
+    assert api.get("/api/v1/audit/checkpoints/4/consistency").status_code == 404
