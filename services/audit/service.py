@@ -30,7 +30,6 @@ log = logging.getLogger(__name__)
 NAME = "audit"
 READERS = ("auditor", "officer")
 PRODUCERS = ("enterprises", "providers", "vouchers", "audit")
-RPC_TIMEOUT_S = 30
 BUCKET_FIELDS = ("budget", "remaining", "free", "held", "paid", "returned")
 VOUCHER_FIELDS = ("face_value", "free", "held", "paid", "returned")
 
@@ -278,7 +277,8 @@ class AuditService(ServiceBase):
     def reconciliation(self, call):
         wanted = call.query.get("programme")
         try:
-            with eventlet.Timeout(RPC_TIMEOUT_S, Unavailable("the vouchers service did not answer in time")):
+            timeout = float(self.config.get("AUDIT_RPC_TIMEOUT_S") or 10)
+            with eventlet.Timeout(timeout, Unavailable("the vouchers service did not answer in time")):
                 theirs = {p["programme_id"]: p for p in self.vouchers.programme_balances()}
                 ours = domain.balances(domain.sum_facts(self.store.facts(
                     {"programme": wanted} if wanted else {}, fields=("programme", "bucket", "fen", "count")),

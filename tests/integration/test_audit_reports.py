@@ -283,7 +283,7 @@ class StandInVouchers:
 
 def test_reconciliation_reports_each_difference_with_the_entries_behind_it(audit, amqp_uri, container_factory,
                                                                            service_config):
-    api = audit()
+    api = audit(AUDIT_RPC_TIMEOUT_S=1)
     stopped = api.get("/api/v1/audit/reconciliation")
     assert stopped.status_code == 503 and "vouchers service" in stopped.json()["message"]
     ev = Events(amqp_uri)
