@@ -6,10 +6,17 @@ the money path is built from (no multi-document transactions).
 - Issuance spans two documents and runs in a crash-safe order: reserve on the programme (budget
   decrement plus a `pending.<voucher_id>` entry holding everything needed to finish), take the
   enterprise's annual cap (idempotent on the voucher id), insert the voucher, clear the entry.
-  `complete_reservation` is that whole sequence and is safe to run again from any point: the
-  sweeper runs it for entries a crash left behind.
+  The service's `_complete_issue` is that whole sequence and is safe to run again from any point:
+  the sweeper runs it for entries a crash left behind.
+- FerretDB 1.24 (SQLite) applies an update as read, change, write back without isolation: of 200
+  concurrent `$inc`s on one document 12 survived, and a relay `$pop` can undo a concurrent
+  balance change. Every write here therefore holds a per-document lock in this process
+  (`DocLocks`). MongoDB needs no lock; on FerretDB, run one pod of this service.
 """
 import uuid
+from contextlib import contextmanager
+
+from eventlet.semaphore import Semaphore
 
 from pymongo import ASCENDING, IndexModel, ReturnDocument
 from pymongo.errors import DuplicateKeyError
@@ -43,7 +50,30 @@ def order_of_claim(claim_id):
     return "o_" + claim_id[2:]
 
 
+class DocLocks:
+    """One lock per document id, held only while someone waits for it or holds it."""
+
+    def __init__(self):
+        self._locks = {}
+
+    @contextmanager
+    def hold(self, *key):
+        entry = self._locks.setdefault(key, [Semaphore(1), 0])
+        entry[1] += 1
+        try:
+            with entry[0]:
+                yield
+        finally:
+            entry[1] -= 1
+            if entry[1] == 0:
+                del self._locks[key]
+
+
 class VoucherRepo(Repo):
+    def __init__(self, store):
+        super().__init__(store)
+        self.lock = store.locks.hold
+
     def _write(self, collection, guard, update, events, now, flush=True):
         """One guarded update with its events appended to the document's outbox; None when the
         guard no longer matches."""
@@ -51,10 +81,15 @@ class VoucherRepo(Repo):
         if events:
             update.setdefault("$set", {})["outbox_due"] = now
             update["$push"] = {"outbox": {"$each": list(events)}}
-        doc = self.db[collection].find_one_and_update(guard, update, return_document=ReturnDocument.AFTER)
+        with self.lock(collection, guard["_id"]):
+            doc = self.db[collection].find_one_and_update(guard, update, return_document=ReturnDocument.AFTER)
         if doc is not None and flush and events:
             self.flush_outbox(collection, doc["_id"], now)
         return doc
+
+    def flush_outbox(self, collection, doc_id, now):
+        with self.lock(collection, doc_id):  # the relay's lease and pops are writes too
+            return super().flush_outbox(collection, doc_id, now)
 
     # -- programmes ----------------------------------------------------------------------------
     def create_programme(self, doc, revision, event, now):
@@ -97,16 +132,21 @@ class VoucherRepo(Repo):
         """Budget decrement and the pending entry in one write; None if closed, outside its window
         or short of budget. The returned document's `issue_no` numbers this reservation."""
         face = pending["face_value_fen"]
-        return self.db[PROGRAMMES].find_one_and_update(
-            {"_id": programme_id, "status": "open", "opens_on": {"$lte": today_iso}, "closes_on": {"$gte": today_iso},
-             "remaining_fen": {"$gte": face}},
-            {"$inc": {"remaining_fen": -face, "issued_fen": face, "issue_no": 1},
-             "$set": {f"pending.{voucher_id}": pending}},
-            return_document=ReturnDocument.AFTER)
+        with self.lock(PROGRAMMES, programme_id):
+            return self.db[PROGRAMMES].find_one_and_update(
+                {"_id": programme_id, "status": "open", "opens_on": {"$lte": today_iso},
+                 "closes_on": {"$gte": today_iso}, "remaining_fen": {"$gte": face}},
+                {"$inc": {"remaining_fen": -face, "issued_fen": face, "issue_no": 1},
+                 "$set": {f"pending.{voucher_id}": pending}},
+                return_document=ReturnDocument.AFTER)
 
     def take_cap(self, key, voucher_id, face, cap):
         """Adds `face` to the enterprise's issued total for the year unless that passes `cap`.
         Idempotent on the voucher id, so finishing a reservation twice counts it once."""
+        with self.lock(CAPS, key):
+            return self._take_cap(key, voucher_id, face, cap)
+
+    def _take_cap(self, key, voucher_id, face, cap):
         caps = self.db[CAPS]
         for _ in range(3):
             try:
@@ -120,9 +160,10 @@ class VoucherRepo(Repo):
         raise RuntimeError(f"annual cap counter {key} could not be written")
 
     def undo_reservation(self, programme_id, voucher_id, face):
-        self.db[PROGRAMMES].update_one(
-            {"_id": programme_id, f"pending.{voucher_id}": {"$exists": True}},
-            {"$inc": {"remaining_fen": face, "issued_fen": -face}, "$unset": {f"pending.{voucher_id}": ""}})
+        with self.lock(PROGRAMMES, programme_id):
+            self.db[PROGRAMMES].update_one(
+                {"_id": programme_id, f"pending.{voucher_id}": {"$exists": True}},
+                {"$inc": {"remaining_fen": face, "issued_fen": -face}, "$unset": {f"pending.{voucher_id}": ""}})
 
     def insert_voucher(self, doc, event, now):
         try:
@@ -131,7 +172,8 @@ class VoucherRepo(Repo):
             return self.voucher(doc["_id"])
 
     def settle_reservation(self, programme_id, voucher_id):
-        self.db[PROGRAMMES].update_one({"_id": programme_id}, {"$unset": {f"pending.{voucher_id}": ""}})
+        with self.lock(PROGRAMMES, programme_id):
+            self.db[PROGRAMMES].update_one({"_id": programme_id}, {"$unset": {f"pending.{voucher_id}": ""}})
 
     def stale_reservations(self, before):
         """(programme, voucher id, entry) for every reservation older than `before`."""
@@ -186,8 +228,9 @@ class VoucherRepo(Repo):
     # -- read models fed by events -------------------------------------------------------------
     def apply_qualification(self, qualification_id, fields_, sequence):
         """Commutative: the granted facts and a revocation date are each set once, in any order."""
-        self.db[QUALIFICATIONS].update_one({"_id": qualification_id},
-                                           {"$set": fields_, "$max": {"seq": sequence}}, upsert=True)
+        with self.lock(QUALIFICATIONS, qualification_id):
+            self.db[QUALIFICATIONS].update_one({"_id": qualification_id},
+                                               {"$set": fields_, "$max": {"seq": sequence}}, upsert=True)
 
     def qualifications(self, enterprise_id):
         return list(self.db[QUALIFICATIONS].find({"enterprise_id": enterprise_id}))
@@ -197,9 +240,10 @@ class VoucherRepo(Repo):
         event is newer than the last one applied to that group: late and repeated events are no-ops."""
         seq = f"{group}_seq"
         try:
-            self.db[AGENCIES].update_one(
-                {"_id": agency_id, "$or": [{seq: {"$lt": sequence}}, {seq: {"$exists": False}}]},
-                {"$set": dict(fields_, **{seq: sequence})}, upsert=True)
+            with self.lock(AGENCIES, agency_id):
+                self.db[AGENCIES].update_one(
+                    {"_id": agency_id, "$or": [{seq: {"$lt": sequence}}, {seq: {"$exists": False}}]},
+                    {"$set": dict(fields_, **{seq: sequence})}, upsert=True)
             return True
         except DuplicateKeyError:  # the document exists with a newer event for this group
             return False
@@ -231,3 +275,4 @@ class VoucherStore(MongoStore):
     def setup(self):
         super().setup()
         self.revisions = {}
+        self.locks = DocLocks()

@@ -94,10 +94,10 @@ class Client:
         assert response.status_code == 201, response.text
         return response.json()
 
-    def order(self, vid, enterprise=ENT, agency="ag-1", price=1_000_000, code="PAT-01", **kw):
+    def order(self, vid, enterprise=ENT, agency="ag-1", price=1_000_000, code="PAT-01", deliver_by="2026-09-30", **kw):
         return self("POST", "/api/v1/orders", "enterprise", enterprise, json={
             "voucher_id": vid, "agency_id": agency, "service_code": code, "price_fen": price,
-            "deliver_by": "2026-09-30"}, **kw)
+            "deliver_by": deliver_by}, **kw)
 
     def world(self, **programme):
         """An open programme, a qualified enterprise, an eligible patent agency."""
