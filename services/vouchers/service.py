@@ -606,10 +606,10 @@ class VouchersService(ServiceBase):
         profile = {k: data[k] for k in ("name", "kind", "region", "service_codes", "related_credit_codes") if k in data}
         groups = []
         if type_ == "provider.registered":
-            groups = [("identity", {"credit_code": data["credit_code"]}), ("profile", profile),
-                      ("status", {"status": "active"}),
+            groups = [("profile", profile), ("status", {"status": "active"}),
                       ("rating", {"level": data["level"], "eligible": data["eligible"],
-                                  "eligibility_line": data["eligibility_line"]})]
+                                  "eligibility_line": data["eligibility_line"]}),
+                      ("identity", {"credit_code": data["credit_code"]})]  # last: marks the registration applied
         elif type_ == "provider.profile_changed":
             groups = [("profile", profile)]
         elif type_ == "provider.status_changed":
