@@ -276,18 +276,18 @@ def test_roles_and_ownership(vapi):
     assert vapi("GET", "/api/v1/claims/garbage", "auditor", "a1").status_code == 404
 
 
-@pytest.mark.parametrize("change,field", [
-    ({"budget_fen": 0}, "budget_fen"), ({"budget_fen": 1.5}, "budget_fen"), ({"budget_fen": "100"}, "budget_fen"),
-    ({"closes_on": "2025-12-31"}, "closes_on"), ({"region": "33102"}, "region"),
-    ({"redemption_model": "cash"}, "redemption_model"), ({"tiers": []}, "tiers"),
-    ({"catalogue": [dict(PROGRAMME["catalogue"][0], subsidy_ratio_bp=10001)]}, "catalogue"),
-    ({"catalogue": [dict(PROGRAMME["catalogue"][0], service_code="patent")]}, "catalogue"),
-    ({"surprise": 1}, "surprise"),
-])
-def test_malformed_programmes_name_the_field(vapi, change, field):
-    response = vapi("POST", "/api/v1/programmes", json=dict(PROGRAMME, **change))
-    assert response.status_code == 400, response.text
-    assert field in response.json()["fields"]
+def test_malformed_programmes_name_the_field(vapi):
+    for change, field in (
+            ({"budget_fen": 0}, "budget_fen"), ({"budget_fen": 1.5}, "budget_fen"), ({"budget_fen": "100"}, "budget_fen"),
+            ({"closes_on": "2025-12-31"}, "closes_on"), ({"region": "33102"}, "region"),
+            ({"redemption_model": "cash"}, "redemption_model"), ({"tiers": []}, "tiers"),
+            ({"catalogue": [dict(PROGRAMME["catalogue"][0], subsidy_ratio_bp=10001)]}, "catalogue"),
+            ({"catalogue": [dict(PROGRAMME["catalogue"][0], service_code="patent")]}, "catalogue"),
+            ({"surprise": 1}, "surprise")):
+        response = vapi("POST", "/api/v1/programmes", json=dict(PROGRAMME, **change))
+        assert response.status_code == 400, (change, response.text)
+        assert field in response.json()["fields"], change
+    assert vapi("GET", "/api/v1/programmes", "enterprise", ENT).json()["items"] == []
 
 
 def test_malformed_orders_and_inconsistent_terms(vapi):
@@ -309,3 +309,24 @@ def test_openapi_document_matches_the_real_routes(vapi):
     real = {(ep.url.replace("<", "{").replace(">", "}"), ep.method) for ep in vapi.container.entrypoints
             if getattr(ep, "url", "").startswith("/api/v1/") and ep.url != "/api/v1/openapi.json"}
     assert documented == real and len(real) == 25
+
+
+def test_health_readiness_and_business_metrics(vapi):
+    assert vapi("GET", "/healthz", role=None).json() == {"status": "ok"}
+    assert vapi("GET", "/readyz", role=None).json()["checks"] == {"database": True, "broker": True}
+    pid = vapi.world()
+    vid = vapi.voucher(pid)["voucher_id"]
+    oid = vapi.order(vid).json()["order_id"]
+    vapi("POST", f"/api/v1/orders/{oid}/deliver", "agency", "ag-1", json=EVIDENCE)
+    vapi("POST", f"/api/v1/orders/{oid}/confirm", "enterprise", ENT)
+    vapi("POST", "/api/v1/claims", "agency", "ag-1", json={"order_id": oid})
+    with entrypoint_hook(vapi.container, "refresh_metrics") as refresh:
+        refresh()
+    text = vapi("GET", "/metrics", role=None).text
+    for line in (f'ipv_programme_budget_fen{{bucket="remaining",programme="{pid}"}} 8e+06',
+                 f'ipv_programme_budget_fen{{bucket="free",programme="{pid}"}} 1.5e+06',
+                 f'ipv_programme_budget_fen{{bucket="held",programme="{pid}"}} 500000.0',
+                 f'ipv_programme_budget_total_fen{{programme="{pid}"}} 1e+07',
+                 f'ipv_vouchers_outstanding{{programme="{pid}"}} 1.0',
+                 'ipv_claims_pending{state="submitted"} 1.0'):
+        assert line in text, line
