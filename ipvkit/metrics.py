@@ -1,5 +1,12 @@
-"""Prometheus metrics every service exposes. Labels carry bounded values only (no ids)."""
-from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, Histogram, generate_latest
+"""Prometheus metrics every service exposes. Labels carry bounded values only (no ids): HTTP
+metrics are labelled by the route template, never the path. Each service defines its business
+gauges in its own `metrics.py`; the list and the alerts on them are in docs/operations.md."""
+from prometheus_client import (CONTENT_TYPE_LATEST, Counter, Gauge, Histogram, disable_created_metrics,
+                               generate_latest)
+
+# A `_created` timestamp series beside every counter and histogram doubles the series for nothing
+# our rules read (rate() and increase() handle counter resets).
+disable_created_metrics()
 
 HTTP_LATENCY = Histogram(
     "ipv_http_request_duration_seconds", "HTTP request latency by route and status",
