@@ -20,8 +20,10 @@ from eventlet.event import Event
 from kombu import Connection
 from marshmallow import ValidationError
 from nameko.web.handlers import HttpRequestHandler
+from nameko.web.server import WebServer, WsgiApp
 from pymongo.errors import DuplicateKeyError
-from werkzeug.wrappers import Response
+from werkzeug.exceptions import HTTPException
+from werkzeug.wrappers import Request, Response
 
 from ipvkit import logs, metrics
 from ipvkit.auth import principal_from_header, require_role
@@ -56,6 +58,26 @@ def error_response(exc):
     return json_response(exc.status, exc.body())
 
 
+INT64_MAX = 2**63 - 1
+
+
+def _huge_integers(value, at=""):
+    """Paths of integers the database cannot store (BSON int64): a query with one fails there."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return [at] if abs(value) > INT64_MAX else []
+    if isinstance(value, dict):
+        return [p for k, v in value.items() for p in _huge_integers(v, f"{at}.{k}" if at else str(k))]
+    if isinstance(value, (list, tuple)):
+        return [p for i, v in enumerate(value) for p in _huge_integers(v, f"{at}.{i}" if at else str(i))]
+    return []
+
+
+def _refuse_huge_integers(data, where):
+    huge = _huge_integers(data)
+    if huge:
+        raise BadRequest(f"invalid {where}", fields={p: [f"must lie within ±{INT64_MAX} (64-bit)"] for p in huge})
+
+
 @dataclass
 class Call:
     principal: object
@@ -72,7 +94,31 @@ def find_store(container):
     return None
 
 
+class _JsonWsgiApp(WsgiApp):
+    """nameko answers a path no route matches (or a method the route does not take) with
+    werkzeug's HTML page; the API promises JSON errors everywhere."""
+
+    def __call__(self, environ, start_response):
+        request = Request(environ, shallow=True)
+        try:
+            provider, values = self.url_map.bind_to_environ(environ).match()
+            request.path_values = values
+            response = provider.handle_request(request)
+        except HTTPException as exc:
+            code = {404: "not_found", 405: "method_not_allowed"}.get(exc.code, "invalid_request")
+            response = json_response(exc.code, {"error": code, "message": exc.description},
+                                     headers=[h for h in exc.get_headers() if h[0] == "Allow"])
+        return response(environ, start_response)
+
+
+class _JsonWebServer(WebServer):
+    def get_wsgi_app(self):
+        return _JsonWsgiApp(self)
+
+
 class ApiHandler(HttpRequestHandler):
+    server = _JsonWebServer()  # every handler of a service must share it: OpsHandler too
+
     def __init__(self, method, url, *, roles, body=None, query=None, response=None, status=200,
                  summary="", **kwargs):
         self.roles = tuple(roles)
@@ -121,6 +167,7 @@ class ApiHandler(HttpRequestHandler):
             principal = principal_from_header(self.secret, request.headers.get("Authorization"))
             require_role(principal, *self.roles)
         call = Call(principal=principal, path=dict(request.path_values), correlation_id=correlation_id)
+        _refuse_huge_integers(call.path, "path")
         call.query = self._load(self.query_schema, request.args.to_dict(flat=True), "query")
         raw = b""
         if self.body_schema is not None:
@@ -172,9 +219,11 @@ class ApiHandler(HttpRequestHandler):
         if schema is None:
             return {}
         try:
-            return schema().load(data)
+            loaded = schema().load(data)
         except ValidationError as exc:
             raise BadRequest(f"invalid {where}", fields=exc.messages)
+        _refuse_huge_integers(loaded, where)
+        return loaded
 
     # -- Idempotency-Key ---------------------------------------------------------------------
     def _idempotent(self, call, key, raw, request):
@@ -217,6 +266,8 @@ api = ApiHandler.decorator
 class OpsHandler(HttpRequestHandler):
     """`/healthz`, `/readyz`, `/metrics` and the OpenAPI document: answered by the entrypoint
     itself, without a worker, so they still answer when every worker is busy."""
+
+    server = ApiHandler.server
 
     def __init__(self, method, url, kind, **kwargs):
         self.kind = kind

@@ -4,7 +4,7 @@ import re
 
 from apispec import APISpec
 from apispec.ext.marshmallow import MarshmallowPlugin
-from marshmallow import Schema, fields
+from marshmallow import INCLUDE, Schema, fields
 
 from ipvkit.http import PUBLIC, WRITE_METHODS, ApiHandler
 
@@ -14,11 +14,16 @@ ERRORS = {400: "Invalid input; `fields` names each bad field", 401: "Missing or 
 
 
 class ErrorSchema(Schema):
+    class Meta:
+        # An error may carry more detail (ApiError(**detail)); the document must not forbid it.
+        unknown = INCLUDE
+
     error = fields.String(required=True)
     message = fields.String(required=True)
     fields_ = fields.Dict(data_key="fields")
     rule = fields.String()
     state = fields.String()
+    action = fields.String()
 
 
 def openapi_path(url):
@@ -39,9 +44,10 @@ def build_spec(container):
     for ep in sorted(api_routes(container), key=lambda e: (e.url, e.method)):
         operation = {"operationId": ep.method_name, "summary": ep.summary or ep.method_name.replace("_", " "),
                      "tags": [container.service_name], "parameters": [], "responses": {}}
-        for name in re.findall(r"<(?:[^:<>]+:)?([^<>]+)>", ep.url):
-            operation["parameters"].append({"in": "path", "name": name, "required": True,
-                                            "schema": {"type": "string"}})
+        for converter, name in re.findall(r"<(?:([^:<>]+):)?([^<>]+)>", ep.url):
+            # werkzeug's int converter matches only digits: anything else never reaches the route.
+            schema = {"type": "integer", "minimum": 0} if converter == "int" else {"type": "string"}
+            operation["parameters"].append({"in": "path", "name": name, "required": True, "schema": schema})
         if ep.query_schema is not None:
             operation["parameters"].append({"in": "query", "schema": ep.query_schema})
         if ep.body_schema is not None:

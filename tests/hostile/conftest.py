@@ -7,7 +7,7 @@ import requests
 from kombu import Connection
 
 from ipvkit.config import load
-from ipvkit.deadletters import _Message, consumers, services
+from ipvkit.deadletters import _Message, consumers, queue_depth, services
 from ipvkit.http import ApiHandler
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -61,3 +61,13 @@ def drain(amqp_uri, queue):
             got.append(_Message(message))
         channel.close()
     return got
+
+
+def purge(amqp_uri, queue):
+    """Empties a queue if it exists: a `#` consumer's queue (audit) keeps every event other tests on
+    this vhost published while its service was not running."""
+    with Connection(amqp_uri) as conn:
+        if queue_depth(conn, queue) is not None:
+            channel = conn.channel()
+            channel.queue_purge(queue)
+            channel.close()

@@ -125,10 +125,10 @@ def _value(f):
     if isinstance(f, fields.Integer):
         ranged = next((v for v in f.validators if isinstance(v, validate.Range)), None)
         return max(1, ranged.min or 0) if ranged and ranged.min is not None else 1
+    if isinstance(f, fields.Date):  # before DateTime: Date is a subclass of it
+        return "2026-01-01"
     if isinstance(f, fields.DateTime):
         return datetime(2026, 1, 1, tzinfo=timezone.utc).isoformat()
-    if isinstance(f, fields.Date):
-        return "2026-01-01"
     if isinstance(f, fields.UUID):
         return "00000000-0000-4000-8000-000000000001"
     if isinstance(f, fields.Dict):

@@ -11,7 +11,7 @@ from nameko.testing.services import entrypoint_waiter
 from ipvkit.consumer import Permanent
 from ipvkit.deadletters import queue_depth
 from ipvkit.events import MAX_EVENT_BYTES, MalformedEvent, _registry, new_event, parse
-from tests.hostile.conftest import CONSUMERS, drain
+from tests.hostile.conftest import CONSUMERS, drain, purge
 from tests.hostile.profiles import SAMPLES, Seed, example, profile
 
 pytestmark = pytest.mark.integration
@@ -55,6 +55,7 @@ def poisons(event):
 @pytest.mark.parametrize("queue,service,method,consumer", CONSUMERS, ids=[c[0] for c in CONSUMERS])
 def test_poison_is_dead_lettered_with_its_reason_and_the_consumer_keeps_going(
         start_service, amqp_uri, queue, service, method, consumer):
+    purge(amqp_uri, queue)
     container, client = start_service(service)
     seed_fn = profile(service).seed
     seed = seed_fn(client) if seed_fn else Seed()
