@@ -17,6 +17,8 @@ rabbit_env() {
   # it (e.g. under a 0700 mktemp directory) the node keeps its data under /var/lib/rabbitmq.
   if [ "$(id -u)" = 0 ] && id rabbitmq >/dev/null 2>&1 && ! runuser -u rabbitmq -- test -x "$VAR" 2>/dev/null; then
     RABBIT_DIR=/var/lib/rabbitmq/ipv-$(echo "$ROOT" | sha256sum | cut -c1-12)
+    # A second stack of the same checkout (IPV_VAR elsewhere, e.g. the fault tests) gets its own.
+    [ "$VAR" = "$ROOT/var" ] || RABBIT_DIR=$RABBIT_DIR-$(echo "$VAR" | sha256sum | cut -c1-8)
   fi
   export RABBITMQ_NODENAME=$RABBIT_NODE RABBITMQ_NODE_IP_ADDRESS=127.0.0.1 RABBITMQ_NODE_PORT=$AMQP_PORT \
     RABBITMQ_DIST_PORT=$RABBIT_DIST_PORT ERL_EPMD_ADDRESS=127.0.0.1 \

@@ -1,0 +1,217 @@
+"""A private stack to break things in: its own RabbitMQ node and FerretDB (other ports, its own
+var dir, started by scripts/stack.sh), services as real `nameko run` processes, a tap queue on a
+producer's exchange, and helpers to kill -9 a service and restart either server. Nothing here
+touches the shared servers other tests use.
+
+    stack = PrivateStack.start()
+    svc = ServiceProcess(stack, "enterprises").start()
+    ...; svc.kill9(); svc.start(); stack.restart_rabbit(); stack.restart_ferret()
+    stack.stop()
+"""
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import requests
+from kombu import Connection, Queue
+
+from ipvkit.amqp import events_exchange
+
+ROOT = Path(__file__).resolve().parents[2]
+PY = sys.executable
+# The shared stack's settings must not leak into the private one (stack.sh would treat it as external).
+SHARED_VARS = ("AMQP_URI", "MONGO_URI", "TEST_AMQP_URI", "IPV_LOCAL_STACK", "IPV_VAR", "IPV_AMQP_PORT",
+               "IPV_RABBIT_DIST_PORT", "IPV_MONGO_PORT", "IPV_RABBIT_NODE")
+
+
+def free_port():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_until(what, check, timeout, interval=0.2):
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if check():
+                return
+        except Exception:  # noqa: BLE001 - not up yet
+            pass
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{what} not true within {timeout}s")
+        time.sleep(interval)
+
+
+class PrivateStack:
+    def __init__(self):
+        self.id = uuid.uuid4().hex[:8]
+        self.var = ROOT / "var" / "faults" / self.id   # reachable by the rabbitmq user, unlike /tmp dirs
+        self.amqp_port, self.dist_port, self.mongo_port = free_port(), free_port(), free_port()
+        self.node = f"ipvfault{self.id}@localhost"
+        self.env = {k: v for k, v in os.environ.items() if k not in SHARED_VARS}
+        self.env.update(IPV_VAR=str(self.var), IPV_AMQP_PORT=str(self.amqp_port),
+                        IPV_RABBIT_DIST_PORT=str(self.dist_port), IPV_MONGO_PORT=str(self.mongo_port),
+                        IPV_RABBIT_NODE=self.node, PATH=os.environ["PATH"] + ":/usr/sbin:/usr/lib/rabbitmq/bin")
+        self.amqp_uri = f"amqp://guest:guest@127.0.0.1:{self.amqp_port}/"
+        self.mongo_uri = f"mongodb://127.0.0.1:{self.mongo_port}/"
+
+    @classmethod
+    def start(cls):
+        stack = cls()
+        stack.var.mkdir(parents=True)
+        stack._script("start")
+        return stack
+
+    def _script(self, command):
+        done = subprocess.run(["bash", str(ROOT / "scripts" / "stack.sh"), command], env=self.env, cwd=ROOT,
+                              capture_output=True, text=True, timeout=120)
+        if done.returncode:
+            raise RuntimeError(f"stack.sh {command} failed:\n{done.stdout}\n{done.stderr}")
+
+    def restart_rabbit(self):
+        """A clean stop and start of the node (`rabbitmqctl stop`), as an upgrade or a reschedule does."""
+        subprocess.run(["rabbitmqctl", "-q", "-n", self.node, "stop"], env=self.env, check=True, timeout=60,
+                       capture_output=True)
+        self._script("start")   # starts only what is down
+
+    def restart_ferret(self):
+        """kill -9 FerretDB, then start it on the same data."""
+        pid = int((self.var / "ferretdb" / "ferretdb.pid").read_text())
+        os.kill(pid, signal.SIGKILL)
+        wait_until("FerretDB gone", lambda: not _alive(pid), 10)
+        self._script("start")
+
+    def stop(self):
+        self._script("stop")
+        shutil.rmtree(self.var, ignore_errors=True)
+
+
+def _alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A killed child stays a zombie until reaped; a zombie is not alive.
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+class ServiceProcess:
+    """One service as `nameko run` runs it (scripts/services.sh), on the private stack."""
+
+    def __init__(self, stack, name, db=None):
+        self.stack, self.name = stack, name
+        self.port = free_port()
+        self.base = f"http://127.0.0.1:{self.port}"
+        self.db = db or f"faults_{name}_{uuid.uuid4().hex[:8]}"
+        self.log = stack.var / f"{name}-{self.port}.log"
+        self.proc = None
+
+    def start(self, ready_within=30):
+        upper = self.name.upper()
+        env = dict(self.stack.env, AMQP_URI=self.stack.amqp_uri, MONGO_URI=self.stack.mongo_uri,
+                   AUTH_SECRET=self.secret, PYTHONWARNINGS="ignore",
+                   **{f"{upper}_HTTP": f"127.0.0.1:{self.port}", f"{upper}_DB": self.db})
+        with open(self.log, "ab") as log:
+            self.proc = subprocess.Popen(
+                [str(ROOT / ".venv" / "bin" / "nameko"), "run", "--config", f"services/{self.name}/config.yaml",
+                 f"services.{self.name}.service:SERVICE"], cwd=ROOT, env=env, stdout=log, stderr=log,
+                start_new_session=True)
+        wait_until(f"{self.name} ready", self.ready, ready_within)
+        return self
+
+    @property
+    def secret(self):
+        return os.environ.get("AUTH_SECRET") or "faults-secret"
+
+    def ready(self):
+        if self.proc.poll() is not None:
+            raise RuntimeError(f"{self.name} exited; see {self.log}")
+        return requests.get(self.base + "/readyz", timeout=2).status_code == 200
+
+    def kill9(self):
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(10)
+
+    def stop(self):
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.kill9()
+
+
+class Tap:
+    """A durable queue on a producer's exchange, declared before the service starts, so it keeps
+    every event published through broker restarts."""
+
+    def __init__(self, amqp_uri, producer, pattern="#"):
+        self.amqp_uri = amqp_uri
+        self.queue = Queue(f"faults.tap.{uuid.uuid4().hex[:8]}", exchange=events_exchange(producer),
+                           routing_key=pattern, durable=True)
+        with Connection(amqp_uri) as conn:
+            self.queue(conn.default_channel).declare()
+
+    def drain(self):
+        got = []
+        with Connection(self.amqp_uri) as conn:
+            channel = conn.channel()
+            while (message := channel.basic_get(self.queue.name, no_ack=True)) is not None:
+                got.append(json.loads(message.body))
+            channel.close()
+        return got
+
+
+class Workload:
+    """The workload driver (tests/faults/workload.py) in its own process, so it keeps sending while
+    this process restarts servers."""
+
+    def __init__(self, service, clients=4, kind="register", at_most=40):
+        name = f"workload-{uuid.uuid4().hex[:6]}"
+        self.out, self.stop_file = service.stack.var / f"{name}.jsonl", service.stack.var / f"{name}.stop"
+        self.proc = subprocess.Popen(
+            [PY, "-m", "tests.faults.workload", kind, service.base, str(self.out), "--seconds", str(at_most),
+             "--clients", str(clients), "--stop-file", str(self.stop_file)],
+            cwd=ROOT, env=dict(os.environ, AUTH_SECRET=service.secret))
+
+    def results(self, timeout=60):
+        """Stops issuing new writes, waits for the ones in flight, returns every outcome."""
+        self.stop_file.touch()
+        assert self.proc.wait(timeout) == 0, "the workload driver failed"
+        return [json.loads(line) for line in self.out.read_text().splitlines()]
+
+
+def registration_problems(results, docs, tapped):
+    """Every acknowledged registration is stored; every stored one had its event published, under
+    one event id (a redelivery after a crash repeats that id, which consumers skip); no event for
+    anything not stored; no event left in an outbox. Returns (problems, figures)."""
+    acked = {r["id"] for r in results if r["status"] in (200, 201)}
+    stored = {doc["_id"] for doc in docs}
+    stuck = sorted(doc["_id"] for doc in docs if doc.get("outbox"))
+    ids, messages = {}, 0
+    for event in tapped:
+        if event["type"] == "enterprise.registered":
+            ids.setdefault(event["aggregate_id"], set()).add(event["event_id"])
+            messages += 1
+    problems = []
+    for label, bad in (("acknowledged but not stored", acked - stored), ("stored, event never published",
+                       stored - ids.keys()), ("event for a registration not stored", ids.keys() - stored),
+                       ("more than one event id", {a for a, e in ids.items() if len(e) > 1}),
+                       ("events left in the outbox", set(stuck))):
+        if bad:
+            problems.append(f"{label}: {sorted(bad)[:10]} ({len(bad)})")
+    figures = {"requests": len(results), "acknowledged": len(acked), "stored": len(stored),
+               "not_answered": sum(1 for r in results if r["status"] is None),
+               "redelivered_messages": messages - len(ids)}
+    return problems, figures
