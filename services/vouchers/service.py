@@ -370,7 +370,7 @@ class VouchersService(ServiceBase):
         voucher, _ = self._order(call, call.path["order_id"])
         return order_view(voucher, call.path["order_id"])
 
-    def _order_step(self, call, order_id, action, plan):
+    def _order_step(self, call, order_id, plan):
         """One order or claim transition as one guarded write of the voucher. `plan(voucher,
         order)` returns (guard, inc, set, events) or raises; a lost race re-reads and re-plans."""
         for _ in range(RETRIES):
@@ -408,7 +408,7 @@ class VouchersService(ServiceBase):
             event = self._order_event(call, "order.cancelled", voucher, order_id, order, reason=call.body["reason"],
                                       released_fen=held, released_to=released_to)
             return guard, inc, set_, [event]
-        return order_view(self._order_step(call, order_id, "cancel", plan), order_id)
+        return order_view(self._order_step(call, order_id, plan), order_id)
 
     @api("POST", "/api/v1/orders/<order_id>/deliver", roles=("agency",), body=s.DeliverIn, response=s.OrderOut,
          summary="The agency records delivery with its evidence")
@@ -422,7 +422,7 @@ class VouchersService(ServiceBase):
                                       delivered_on=today, on_time=today <= order["deliver_by"], evidence=evidence)
             return {}, {}, {f"orders.{order_id}.state": state, f"orders.{order_id}.delivered_on": today,
                             f"orders.{order_id}.evidence": evidence, f"orders.{order_id}.seq": order["seq"] + 1}, [event]
-        return order_view(self._order_step(call, order_id, "deliver", plan), order_id)
+        return order_view(self._order_step(call, order_id, plan), order_id)
 
     def _simple_order_step(self, call, action, type_, **data):
         order_id = call.path["order_id"]
@@ -434,7 +434,7 @@ class VouchersService(ServiceBase):
             if "reason" in data:
                 set_[f"orders.{order_id}.reason"] = data["reason"]
             return {}, {}, set_, [event]
-        return order_view(self._order_step(call, order_id, action, plan), order_id)
+        return order_view(self._order_step(call, order_id, plan), order_id)
 
     @api("POST", "/api/v1/orders/<order_id>/confirm", roles=("enterprise",), response=s.OrderOut,
          summary="The enterprise confirms delivery")
@@ -461,11 +461,13 @@ class VouchersService(ServiceBase):
             event = self._order_event(call, "order.dispute_resolved", voucher, order_id, order, upheld=upheld,
                                       resolution=call.body["resolution"], released_fen=held, released_to=released_to)
             return guard, inc, set_, [event]
-        return order_view(self._order_step(call, order_id, "resolve", plan), order_id)
+        return order_view(self._order_step(call, order_id, plan), order_id)
 
     # -- claims --------------------------------------------------------------------------------
     def _claim(self, call, claim_id):
-        voucher, order = self._order(call, order_of_claim(claim_id) if voucher_of(claim_id) else "")
+        if not voucher_of(claim_id):
+            raise NotFound(f"no claim {claim_id}")
+        voucher, order = self._order(call, order_of_claim(claim_id))
         if not order.get("claim"):
             raise NotFound(f"no claim {claim_id}")
         return voucher, order
@@ -491,12 +493,14 @@ class VouchersService(ServiceBase):
                 deliverable_sha256=order["evidence"]["deliverable_sha256"]))
             return ({}, {"claims_submitted": 1, "claims_total": 1},
                     {f"orders.{order_id}.state": state, f"orders.{order_id}.claim": claim}, [event])
-        voucher = self._order_step(call, order_id, "claim", plan)
+        voucher = self._order_step(call, order_id, plan)
         return 201, claim_view(voucher, order_id, voucher["orders"][order_id])
 
     def _claim_step(self, call, action, extra_plan=None, **data):
         claim_id = call.path["claim_id"]
-        order_id = order_of_claim(claim_id) if voucher_of(claim_id) else ""
+        if not voucher_of(claim_id):
+            raise NotFound(f"no claim {claim_id}")
+        order_id = order_of_claim(claim_id)
 
         def plan(voucher, order):
             claim = order.get("claim")
@@ -521,7 +525,7 @@ class VouchersService(ServiceBase):
                 event_data.update(payee_role=claim["payee_role"], payee_id=claim["payee_id"])
             event = self._call_event(call, f"claim.{state}", claim_id, claim["seq"] + 1, event_data)
             return guard, inc, set_, [event]
-        voucher = self._order_step(call, order_id, action, plan)
+        voucher = self._order_step(call, order_id, plan)
         return claim_view(voucher, order_id, voucher["orders"][order_id])
 
     @api("GET", "/api/v1/claims", roles=EVERYONE, query=s.ClaimQuery, response=s.ClaimPage,
@@ -625,8 +629,9 @@ class VouchersService(ServiceBase):
             self.store.apply_agency(data["agency_id"], group, seq, fields_)
 
     # -- housekeeping --------------------------------------------------------------------------
-    @timer(interval=5)
+    @timer(interval=10)
     def refresh_metrics(self):
+        """From storage, not from this pod's own writes, so every pod reports the same figures."""
         for programme in self.store.programmes(limit=10_000):
             metrics.set_programme(self._balance(programme), self.store.live_count(programme["_id"]))
         metrics.set_claims(self.store.claim_counts())
