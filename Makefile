@@ -5,7 +5,7 @@ export PORT ?= 8000
 PY := .venv/bin/python
 ENV := source var/env
 
-.PHONY: help install stack run demo token test test-unit stop status clean deadletters
+.PHONY: help install stack run demo token test test-unit stop status clean deadletters bench
 
 help:
 	@echo "make run     install what is missing, start RabbitMQ, FerretDB and every service, load demo data"
@@ -38,6 +38,10 @@ test-unit: install
 # `make deadletters ARGS="replay enterprises.on_agency_standing --id <event_id>"` (or --all).
 deadletters:
 	@$(ENV) && $(PY) -W ignore -m ipvkit.deadletters $(or $(ARGS),list)
+
+# Load benchmark, not part of `make test`; figures and how to read them: bench/README.md.
+bench: stack
+	@$(ENV) && $(PY) -W ignore -m bench.run $(BENCH_ARGS)
 
 status:
 	@bash scripts/stack.sh status; test -f var/env && bash scripts/services.sh status || true

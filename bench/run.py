@@ -1,0 +1,379 @@
+"""Load benchmark: every service as a `nameko run` process (as `make run` starts them) on a fresh
+vhost and fresh databases of the local stack, driven over real HTTP by several client processes
+running the operation table in bench/workload.py; then, in the same run on the same machine, the
+ceiling of a bare nameko echo (RPC and @http); then the invariants.
+
+    make bench                                   # or: source var/env && .venv/bin/python -m bench.run
+    make bench BENCH_ARGS="--seconds 60 --processes 4 --clients 8 --instances vouchers=2,audit=2"
+    make bench BENCH_ARGS="--profile"            # py-spy flame graphs of every service into var/bench/
+
+How it measures: each request's wall time on the client (connect to answer, keep-alive sessions);
+throughput = successful requests / measuring window; percentiles by nearest rank over every
+sample. Client processes share the 2 cores with the services, as they would on one machine.
+"""
+import argparse
+import json
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections import defaultdict
+from multiprocessing import get_context
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import requests
+
+ROOT = Path(__file__).resolve().parent.parent
+OUT = ROOT / "var" / "bench"
+VHOST = "ipv_bench"
+
+
+def free_port():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def percentile(ordered, p):
+    return ordered[min(len(ordered) - 1, max(0, int(round(p / 100 * len(ordered))) - 1))] if ordered else float("nan")
+
+
+# -- processes ---------------------------------------------------------------------------------
+class Launched:
+    def __init__(self, name, argv, env, port):
+        self.name, self.port = name, port
+        self.log = OUT / f"{name}-{port}.log"
+        with open(self.log, "wb") as log:
+            self.proc = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=log, stderr=log, start_new_session=True)
+
+    def wait_ready(self, path="/readyz", timeout=60):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                sys.exit(f"{self.name} exited at start; see {self.log}:\n" + self.log.read_text()[-2000:])
+            try:
+                if requests.get(f"http://127.0.0.1:{self.port}{path}", timeout=1).status_code == 200:
+                    return
+            except requests.RequestException:
+                pass
+            time.sleep(0.3)
+        sys.exit(f"{self.name} not ready in {timeout}s; see {self.log}")
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+
+
+def fresh_vhost(amqp_uri):
+    """A new vhost per run (queues from earlier runs would hold their backlog), when the broker is
+    the local one; otherwise the URI is used as it is."""
+    if not os.environ.get("IPV_LOCAL_STACK"):
+        return amqp_uri
+    node = os.environ.get("IPV_RABBIT_NODE", "ipv@localhost")
+    env = dict(os.environ, PATH=os.environ["PATH"] + ":/usr/sbin:/usr/lib/rabbitmq/bin")
+    subprocess.run(["rabbitmqctl", "-q", "-n", node, "delete_vhost", VHOST], env=env, capture_output=True)
+    for argv in (["add_vhost", VHOST], ["set_permissions", "-p", VHOST, "guest", ".*", ".*", ".*"]):
+        subprocess.run(["rabbitmqctl", "-q", "-n", node, *argv], env=env, check=True, capture_output=True)
+    return urlsplit(amqp_uri)._replace(path="/" + VHOST).geturl()
+
+
+def start_services(names, instances, amqp_uri, mongo):
+    from ipvkit.deadletters import services
+    launched, routes, databases = [], defaultdict(list), {}
+    classes = services()
+    for name in names:
+        db = f"ipv_bench_{name}"
+        mongo.drop_database(db)
+        databases[name] = mongo[db]
+        for i in range(instances.get(name, 1)):
+            port = free_port()
+            env = dict(os.environ, AMQP_URI=amqp_uri, PYTHONWARNINGS="ignore", LOG_LEVEL="WARNING",
+                       **{f"{name.upper()}_HTTP": f"127.0.0.1:{port}", f"{name.upper()}_DB": db})
+            launched.append(Launched(f"{name}{i + 1}", [str(ROOT / ".venv/bin/nameko"), "run", "--config",
+                                                         f"services/{name}/config.yaml",
+                                                         f"services.{name}.service:SERVICE"], env, port))
+        for prefix in api_prefixes(classes[name]):
+            routes[prefix].extend(f"http://127.0.0.1:{p.port}" for p in launched if p.name.rstrip("0123456789") == name)
+    for p in launched:
+        p.wait_ready()
+    return launched, dict(routes), databases
+
+
+def api_prefixes(cls):
+    from nameko.extensions import ENTRYPOINT_EXTENSIONS_ATTR
+
+    from ipvkit.http import ApiHandler
+    prefixes = set()
+    for attr in dir(cls):
+        for ext in getattr(getattr(cls, attr, None), ENTRYPOINT_EXTENSIONS_ATTR, ()):
+            if isinstance(ext, ApiHandler):
+                prefixes.add("/".join(ext.url.split("/")[:4]))       # /api/v1/<area>
+    return prefixes
+
+
+# -- clients -----------------------------------------------------------------------------------
+class Client:
+    """One client: a keep-alive session, its own pools, requests routed by path prefix (spread over
+    a service's instances, as the ingress would)."""
+
+    def __init__(self, client_id, routes, secret):
+        from ipvkit.auth import issue_token
+        self.client_id, self.routes, self.session = client_id, routes, requests.Session()
+        self._tokens, self._issue, self._secret = {}, issue_token, secret
+
+    def call(self, method, path, role, subject, **kwargs):
+        token = self._tokens.get((role, subject))
+        if token is None:
+            token = self._tokens[(role, subject)] = self._issue(self._secret, role, subject)
+        base = random.choice(self.routes["/".join(path.split("/")[:4])])
+        return self.session.request(method, base + path, headers={"Authorization": f"Bearer {token}"},
+                                    timeout=30, **kwargs)
+
+
+def drive(process_no, clients, seconds, routes, secret, shared):
+    """One load process: `clients` threads running the operation table until the window ends. Its
+    number keeps the ids its clients generate apart from the other processes'."""
+    from bench import workload
+    samples, errors, made = defaultdict(list), defaultdict(lambda: defaultdict(int)), defaultdict(list)
+    lock = threading.Lock()
+    end = time.monotonic() + seconds
+
+    def one(n):
+        ctx = Client(process_no * 100 + n, routes, secret)
+        ctx.shared = shared
+        pools = defaultdict(list)
+        while time.monotonic() < end:
+            ready = [op for op in workload.OPERATIONS if op.takes is None or pools[op.takes]]
+            op = random.choices(ready, weights=[o.weight for o in ready])[0]
+            item = pools[op.takes].pop() if op.takes else None
+            started = time.perf_counter()
+            try:
+                response, new = op.run(ctx, item)
+                status = response.status_code
+            except requests.RequestException as exc:
+                status, new = type(exc).__name__, None
+            took = time.perf_counter() - started
+            with lock:
+                if isinstance(status, int) and status < 300:
+                    samples[op.name].append(took)
+                    made[op.name].append(new)
+                else:
+                    errors[op.name][str(status)] += 1
+            if isinstance(status, int) and status < 300 and op.gives:
+                pools[op.gives].append(new)
+
+    threads = [threading.Thread(target=one, args=(n,)) for n in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return dict(samples), {k: dict(v) for k, v in errors.items()}, dict(made)
+
+
+def echo_rpc(_, amqp_uri, seconds, clients):
+    from nameko.standalone.rpc import ClusterRpcProxy
+    out, lock, end = [], threading.Lock(), time.monotonic() + seconds
+
+    def one():
+        with ClusterRpcProxy({"AMQP_URI": amqp_uri}, timeout=30) as proxy:
+            mine = []
+            while time.monotonic() < end:
+                started = time.perf_counter()
+                proxy.bench_echo.echo("x")
+                mine.append(time.perf_counter() - started)
+        with lock:
+            out.extend(mine)
+    threads = [threading.Thread(target=one) for _ in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return out
+
+
+def echo_http(_, url, seconds, clients):
+    out, lock, end = [], threading.Lock(), time.monotonic() + seconds
+
+    def one():
+        session, mine = requests.Session(), []
+        while time.monotonic() < end:
+            started = time.perf_counter()
+            session.get(url, timeout=30)
+            mine.append(time.perf_counter() - started)
+        with lock:
+            out.extend(mine)
+    threads = [threading.Thread(target=one) for _ in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return out
+
+
+def db_insert(process_no, mongo_uri, seconds, clients):
+    """The storage ceiling: single-document inserts (what every write does at least once)."""
+    from pymongo import MongoClient
+    out, lock, end = [], threading.Lock(), time.monotonic() + seconds
+    collection = MongoClient(mongo_uri)["ipv_bench_ceiling"]["inserts"]
+
+    def one(n):
+        mine, i = [], 0
+        while time.monotonic() < end:
+            i += 1
+            started = time.perf_counter()
+            collection.insert_one({"_id": f"{process_no}-{n}-{i}", "outbox": [], "name": "x" * 200})
+            mine.append(time.perf_counter() - started)
+        with lock:
+            out.extend(mine)
+    threads = [threading.Thread(target=one, args=(n,)) for n in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return out
+
+
+def fan_out(pool, fn, processes, *args):
+    """fn(process number, *args) in each process; their results."""
+    return [f.get() for f in [pool.apply_async(fn, (i,) + args) for i in range(processes)]]
+
+
+# -- report ------------------------------------------------------------------------------------
+def row(label, samples, seconds, errors=None):
+    ordered = sorted(samples)
+    bad = sum((errors or {}).values())
+    return (f"{label:<22}{len(ordered):>8}{len(ordered) / seconds:>9.1f}{percentile(ordered, 50) * 1000:>9.1f}"
+            f"{percentile(ordered, 95) * 1000:>9.1f}{percentile(ordered, 99) * 1000:>9.1f}  "
+            + (", ".join(f"{k}: {v}" for k, v in sorted((errors or {}).items())) if bad else "0"))
+
+
+HEADER = f"{'operation':<22}{'ok':>8}{'per s':>9}{'p50 ms':>9}{'p95 ms':>9}{'p99 ms':>9}  errors"
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seconds", type=float, default=60, help="measuring window of the API load")
+    parser.add_argument("--processes", type=int, default=4, help="load-generating processes")
+    parser.add_argument("--clients", type=int, default=8, help="concurrent clients per process")
+    parser.add_argument("--services", default=None, help="comma list; default: every service found")
+    parser.add_argument("--instances", default="", help="e.g. vouchers=2,audit=2 (competing consumers)")
+    parser.add_argument("--echo-seconds", type=float, default=10)
+    parser.add_argument("--profile", action="store_true", help="py-spy record every service during the load")
+    parser.add_argument("--json", help="also write the figures to this file")
+    parser.add_argument("--private-stack", action="store_true",
+                        help="own RabbitMQ node and FerretDB for this run (tests/faults/harness.py), so other "
+                             "work on the shared servers does not skew the figures")
+    args = parser.parse_args(argv)
+
+    from pymongo import MongoClient
+
+    from bench import workload
+    from ipvkit.deadletters import services
+    OUT.mkdir(parents=True, exist_ok=True)
+    secret = os.environ.get("AUTH_SECRET") or sys.exit("AUTH_SECRET is not set: run it with `make bench`")
+    stack = None
+    if args.private_stack:
+        from tests.faults.harness import PrivateStack
+        stack = PrivateStack.start()
+        os.environ.update(AMQP_URI=stack.amqp_uri, MONGO_URI=stack.mongo_uri, IPV_RABBIT_NODE=stack.node)
+    amqp_uri = fresh_vhost(os.environ["AMQP_URI"])
+    mongo = MongoClient(os.environ["MONGO_URI"])
+    names = args.services.split(",") if args.services else sorted(services())
+    instances = {k: int(v) for k, v in (p.split("=") for p in args.instances.split(",") if p)}
+    launched, echo = [], None
+    try:
+        launched, routes, databases = start_services(names, instances, amqp_uri, mongo)
+        print(f"services: {', '.join(f'{n} x{instances.get(n, 1)}' for n in names)}; broker vhost {VHOST}; "
+              f"load: {args.processes} processes x {args.clients} clients for {args.seconds:.0f} s", flush=True)
+        shared = workload.setup(Client(0, routes, secret))
+        profilers = []
+        if args.profile:
+            profilers = [subprocess.Popen([str(ROOT / ".venv/bin/py-spy"), "record", "--pid", str(p.proc.pid),
+                                           "--duration", str(int(args.seconds)), "--output",
+                                           str(OUT / f"profile-{p.name}.svg")], stdout=subprocess.DEVNULL,
+                                          stderr=subprocess.DEVNULL) for p in launched]
+        with get_context("fork").Pool(args.processes) as pool:
+            started = time.monotonic()
+            results = fan_out(pool, drive, args.processes, args.clients, args.seconds, routes, secret, shared)
+            window = time.monotonic() - started
+        for prof in profilers:
+            prof.wait()
+        samples, errors, made = defaultdict(list), defaultdict(lambda: defaultdict(int)), defaultdict(list)
+        for s, e, m in results:
+            for k, v in s.items():
+                samples[k].extend(v)
+            for k, v in e.items():
+                for code, n in v.items():
+                    errors[k][code] += n
+            for k, v in m.items():
+                made[k].extend(v)
+
+        # The ceiling, measured now, on the same machine, with the services idle.
+        echo_port = free_port()
+        config = OUT / "echo.yaml"
+        config.write_text(f"AMQP_URI: {amqp_uri}\nWEB_SERVER_ADDRESS: 127.0.0.1:{echo_port}\nmax_workers: 10\n")
+        echo = Launched("echo", [str(ROOT / ".venv/bin/nameko"), "run", "--config", str(config),
+                                 "bench.echo_service:EchoService"], dict(os.environ, PYTHONWARNINGS="ignore"),
+                        echo_port)
+        echo.wait_ready(path="/echo")
+        with get_context("fork").Pool(args.processes) as pool:
+            rpc = [x for part in fan_out(pool, echo_rpc, args.processes, amqp_uri, args.echo_seconds, args.clients)
+                   for x in part]
+            http = [x for part in fan_out(pool, echo_http, args.processes, f"http://127.0.0.1:{echo_port}/echo",
+                                          args.echo_seconds, args.clients) for x in part]
+            mongo.drop_database("ipv_bench_ceiling")
+            inserts = [x for part in fan_out(pool, db_insert, args.processes, os.environ["MONGO_URI"],
+                                             args.echo_seconds, args.clients) for x in part]
+            mongo.drop_database("ipv_bench_ceiling")
+
+        deadline = time.monotonic() + 30
+        while workload.pending_outbox(databases) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        problems = workload.check(Client(0, routes, secret), made, databases)
+        if workload.pending_outbox(databases):
+            problems.append(f"{workload.pending_outbox(databases)} documents still hold unpublished events after 30 s")
+
+        print(HEADER)
+        total = []
+        for op in workload.OPERATIONS:
+            if op.name in samples or op.name in errors:
+                print(row(op.name, samples.get(op.name, []), window, errors.get(op.name)))
+                total.extend(samples.get(op.name, []))
+        print(row("all API operations", total, window, {k: sum(v.values()) for k, v in errors.items()}))
+        print(row("echo RPC (ceiling)", rpc, args.echo_seconds))
+        print(row("echo @http (ceiling)", http, args.echo_seconds))
+        print(row("database insert", inserts, args.echo_seconds))
+        api_rate, rpc_rate, http_rate = len(total) / window, len(rpc) / args.echo_seconds, len(http) / args.echo_seconds
+        print(f"ratio: API operations/s = {api_rate / rpc_rate:.2f} x echo RPC/s, {api_rate / http_rate:.2f} x echo "
+              f"@http/s, {api_rate / (len(inserts) / args.echo_seconds):.2f} x database inserts/s")
+        print("invariants: " + ("hold" if not problems else "BROKEN: " + "; ".join(problems)))
+        if args.profile:
+            print(f"profiles: {', '.join(str(OUT / f'profile-{p.name}.svg') for p in launched)}")
+        if args.json:
+            Path(args.json).write_text(json.dumps({
+                "window_s": window, "operations": {k: {"ok": len(v), "per_s": len(v) / window,
+                                                       "p50": percentile(sorted(v), 50),
+                                                       "p99": percentile(sorted(v), 99)} for k, v in samples.items()},
+                "errors": errors, "echo_rpc_per_s": rpc_rate, "echo_http_per_s": http_rate,
+                "db_inserts_per_s": len(inserts) / args.echo_seconds, "problems": problems},
+                indent=2))
+        return 1 if problems else 0
+    finally:
+        for p in launched + ([echo] if echo else []):
+            p.stop()
+        if stack:
+            stack.stop()
+
+
+if __name__ == "__main__":
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))
+    sys.exit(main())
