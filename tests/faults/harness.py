@@ -185,6 +185,13 @@ class Workload:
              "--clients", str(clients), "--stop-file", str(self.stop_file)],
             cwd=ROOT, env=dict(os.environ, AUTH_SECRET=service.secret))
 
+    def wait_for_success_after(self, moment, timeout=30):
+        """Until a write issued after `moment` succeeded: the system is serving again."""
+        def served():
+            lines = self.out.read_text().splitlines() if self.out.exists() else []
+            return any(r["issued"] > moment and r["status"] in (200, 201) for r in map(json.loads, lines))
+        wait_until("a write issued after recovery succeeded", served, timeout)
+
     def results(self, timeout=60):
         """Stops issuing new writes, waits for the ones in flight, returns every outcome."""
         self.stop_file.touch()
