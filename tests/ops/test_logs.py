@@ -37,7 +37,7 @@ class Probe(ServiceBase):
 
     @consume([("enterprises", "enterprise.registered")])
     def on_registered(self, event):
-        log.info("saw %s", event["aggregate_id"])
+        log.info("saw %s", event["event_id"])
 
 
 @pytest.fixture
@@ -93,7 +93,7 @@ def test_request_and_event_logs_carry_their_correlation_id_and_no_secret(
                       data={"enterprise_id": CODE, "name": "n", "region": "350102", "industry": "C34", "size": "small"})
     publish_raw(amqp_uri, events_exchange("enterprises"), "enterprise.registered", dumps(event))
     with eventlet.Timeout(10):
-        while not any(line["message"] == f"saw {CODE}" for line in lines()):
+        while not any(line["message"] == f"saw {event['event_id']}" for line in lines()):
             eventlet.sleep(0.05)
 
     by_message = {line["message"]: line for line in lines()}
@@ -101,7 +101,7 @@ def test_request_and_event_logs_carry_their_correlation_id_and_no_secret(
         line = by_message[f"probe {n} done"]
         assert (line["correlation_id"], line["entrypoint"], line["service"]) == (f"req-{n}", "probe", "logprobe")
     assert by_message["probe 0 done"]["route"] == "GET /api/v1/probe/<n>"
-    seen = by_message[f"saw {CODE}"]
+    seen = by_message[f"saw {event['event_id']}"]
     assert (seen["correlation_id"], seen["event_type"], seen["entrypoint"]) == (
         "flow-42", "enterprise.registered", "on_registered")
     errors = [line for line in lines() if line["level"] == "ERROR"]
