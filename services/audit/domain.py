@@ -39,7 +39,7 @@ class Thresholds:
 def facts_for(entry, programme, voucher, order):
     """The bucket movements of one ledger entry. `programme`, `voucher` and `order` are what the
     ledger said about them before this entry ({} when unknown); this entry's own data wins."""
-    event, position = entry["event"], entry["_id"]
+    event, position = entry["event"], entry["position"]
     data, kind = event["data"], event["type"]
     moves = []  # (bucket, fen, count)
     if kind == "programme.created":

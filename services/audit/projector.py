@@ -11,7 +11,8 @@ from datetime import timedelta
 
 from ipvkit.events import new_event
 from services.audit import domain, metrics
-from services.audit.storage import AGENCIES, ENTERPRISES, ORDERS, PROGRAMMES, VOUCHERS
+from services.audit.storage import (AGENCIES, CAP_CLAIMS, ENTERPRISES, EVIDENCE, ORDERS, PROGRAMMES, SPLITS,
+                                    VOUCHERS)
 
 log = logging.getLogger(__name__)
 
@@ -26,8 +27,10 @@ def run(repo, now, thresholds):
         return 0
     applied = 0
     try:
-        for entry in repo.entries(after=position - 1, limit=BATCH, upto=repo.head()["size"]):
-            if entry["_id"] != position:  # a hole the head has not reached yet: wait for it
+        size = repo.head()["size"]
+        while position < size and applied < BATCH:
+            entry = repo.entry(position)
+            if entry is None:  # counted by the head but gone: verification names it; nothing to build from
                 break
             apply(repo, entry, now, thresholds)
             repo.advance_projector(position)
@@ -39,8 +42,8 @@ def run(repo, now, thresholds):
 
 
 def apply(repo, entry, now, thresholds):
-    event = dict(entry["event"], _position=entry["_id"])
-    data, kind, position = event["data"], event["type"], entry["_id"]
+    event = dict(entry["event"], _position=entry["position"])
+    data, kind, position = event["data"], event["type"], entry["position"]
     programme = repo.dimension(PROGRAMMES, data["programme_id"]) if "programme_id" in data else {}
     voucher = repo.dimension(VOUCHERS, data["voucher_id"]) if "voucher_id" in data else {}
     order = repo.dimension(ORDERS, data["order_id"]) if "order_id" in data else {}
@@ -77,21 +80,23 @@ def _order_placed(repo, event, programme, thresholds):
     data, position = event["data"], event["_position"]
     enterprise = repo.dimension(ENTERPRISES, data["enterprise_id"])
     group = enterprise.get("region") or programme.get("region")
-    repo.set_dimension(ORDERS, data["order_id"], {
-        "voucher": data["voucher_id"], "programme": data["programme_id"], "enterprise": data["enterprise_id"],
-        "agency": data["agency_id"], "service_code": data["service_code"], "subsidy_fen": data["subsidy_fen"],
-        "occurred_at": event["occurred_at"], "position": position, "event_id": event["event_id"], "group": group})
+    repo.set_dimension(ORDERS, data["order_id"], {"agency": data["agency_id"], "service_code": data["service_code"]})
     agency = repo.dimension(AGENCIES, data["agency_id"])
     since = domain.window_start(event["occurred_at"], thresholds.split_window_days)
-    candidates = repo.orders_between(data["enterprise_id"], data["agency_id"], data["service_code"], since)
-    total, of_agency = repo.group_order_counts(group, data["agency_id"])
-    return [
+    same = repo.remember(SPLITS, f"{data['enterprise_id']}|{data['agency_id']}|{data['service_code']}", {
+        "_id": data["order_id"], "enterprise": data["enterprise_id"], "agency": data["agency_id"],
+        "service_code": data["service_code"], "programme": data["programme_id"], "subsidy_fen": data["subsidy_fen"],
+        "occurred_at": event["occurred_at"], "position": position, "event_id": event["event_id"]})
+    found = [
         domain.related_party(event, agency),
         domain.order_after_downgrade(event, agency),
-        domain.split_orders(candidates, programme.get("caps", {}).get(data["service_code"]), thresholds),
-        domain.concentration(group, data["agency_id"], total, of_agency,
-                             repo.group_orders_of(group, data["agency_id"]), thresholds) if group else None,
+        domain.split_orders([o for o in same if o["occurred_at"] >= since],
+                            programme.get("caps", {}).get(data["service_code"]), thresholds),
     ]
+    if group:
+        total, of_agency, orders = repo.count_order(group, data["agency_id"], position, event["event_id"])
+        found.append(domain.concentration(group, data["agency_id"], total, of_agency, orders, thresholds))
+    return found
 
 
 def _claim_submitted(repo, event, programme, order, thresholds):
@@ -99,16 +104,15 @@ def _claim_submitted(repo, event, programme, order, thresholds):
     found = []
     for kind in ("invoice_no", "deliverable_sha256"):
         value = data[kind].strip().upper() if kind == "invoice_no" else data[kind]
-        earlier = [u for u in repo.evidence_uses(kind, value) if u["position"] < position]
-        found.append(domain.duplicate_evidence(event, kind, value, earlier))
-        repo.record_evidence({"_id": f"{kind}:{value}:{data['claim_id']}", "kind": kind, "value": value,
-                              "order_id": data["order_id"], "claim_id": data["claim_id"], "position": position,
-                              "event_id": event["event_id"]})
+        uses = repo.remember(EVIDENCE, f"{kind}:{value}", {
+            "order_id": data["order_id"], "claim_id": data["claim_id"], "position": position,
+            "event_id": event["event_id"]})
+        found.append(domain.duplicate_evidence(event, kind, value, [u for u in uses if u["position"] < position]))
     cap = programme.get("caps", {}).get(data.get("service_code") or order.get("service_code"))
     if cap is not None and data["amount_fen"] == cap:
-        claims = repo.record_cap_claim({"_id": data["claim_id"], "agency": data["agency_id"],
-                                        "programme": data["programme_id"], "position": position,
-                                        "event_id": event["event_id"]})
+        claims = repo.remember(CAP_CLAIMS, f"{data['agency_id']}|{data['programme_id']}", {
+            "claim_id": data["claim_id"], "agency": data["agency_id"], "programme": data["programme_id"],
+            "position": position, "event_id": event["event_id"]})
         found.append(domain.claims_at_cap(claims, thresholds))
     return found
 

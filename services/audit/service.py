@@ -39,7 +39,7 @@ class Unavailable(ApiError):
 
 
 def entry_view(doc):
-    return {"position": doc["_id"], "event_id": doc["event_id"], "type": doc["type"], "event": doc["event"],
+    return {"position": doc["position"], "event_id": doc["event_id"], "type": doc["type"], "event": doc["event"],
             "prev_hash": doc["prev_hash"], "hash": doc["hash"], "appended_at": utc_iso(doc["appended_at"])}
 
 
@@ -85,11 +85,11 @@ class AuditService(ServiceBase):
         now = self.clock.now()
         entry, appended = self.store.append(event, now)
         if appended:
-            metrics.LEDGER_ENTRIES.set(entry["_id"] + 1)
+            metrics.LEDGER_ENTRIES.set(entry["position"] + 1)
             occurred = datetime.fromisoformat(event["occurred_at"].replace("Z", "+00:00"))
             metrics.LAG.observe(max((now - occurred).total_seconds(), 0))
         projector.run(self.store, now, self.thresholds)
-        return entry["_id"]
+        return entry["position"]
 
     @timer(interval=1)
     def project(self):
@@ -113,7 +113,7 @@ class AuditService(ServiceBase):
             return {"items": [entry_view(doc)] if doc else [], "next_cursor": None}
         docs = self.store.entries(query["after"], query["limit"], query.get("type"))
         return {"items": [entry_view(d) for d in docs],
-                "next_cursor": docs[-1]["_id"] if len(docs) == query["limit"] else None}
+                "next_cursor": docs[-1]["position"] if len(docs) == query["limit"] else None}
 
     @api("GET", "/api/v1/audit/entries/<int:position>", roles=READERS, summary="One ledger entry")
     def get_entry(self, call):
@@ -128,7 +128,7 @@ class AuditService(ServiceBase):
     @api("GET", "/api/v1/audit/verify", roles=READERS, summary="Verify the whole ledger against its hashes and checkpoints")
     def verify(self, call):
         head = self.store.head()
-        entries = [{"position": e["_id"], "event": e["event"], "prev_hash": e["prev_hash"], "hash": e["hash"]}
+        entries = [{"position": e["position"], "event": e["event"], "prev_hash": e["prev_hash"], "hash": e["hash"]}
                    for e in self.store.iter_entries()]
         checkpoints = [checkpoint_view(c) for c in self.store.checkpoints(limit=10_000)]
         _, problems = ledger.verify(entries, checkpoints, self.signer.public_pem, head_size=head["size"])
@@ -147,7 +147,7 @@ class AuditService(ServiceBase):
             for cp in store.checkpoints(limit=10_000):
                 yield json.dumps(dict(checkpoint_view(cp), kind="checkpoint")) + "\n"
             for e in store.iter_entries():
-                yield json.dumps({"kind": "entry", "position": e["_id"], "event": e["event"],
+                yield json.dumps({"kind": "entry", "position": e["position"], "event": e["event"],
                                   "prev_hash": e["prev_hash"], "hash": e["hash"]}, ensure_ascii=False) + "\n"
         return Response(lines(), status=200, mimetype="application/x-ndjson",
                         headers={"Content-Disposition": 'attachment; filename="audit-ledger.jsonl"'})

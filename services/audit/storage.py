@@ -2,7 +2,7 @@
 from it (facts for reports and reconciliation, dimensions, evidence indexes) and anomalies.
 
 Appending with several pods consuming one queue: the head `{_id: "head", size, hash}` says how
-many entries are chained. An appender inserts the entry keyed by its position (`_id = size`),
+many entries are chained. An appender inserts the entry keyed by its position (`_id = key(size)`),
 then advances the head with a guard on `size`. Two pods racing for a position: one insert wins,
 the other gets a duplicate key and tries the next position. A crash between the insert and the
 head update leaves an entry one past the head; whoever appends next (or the service at start)
@@ -15,12 +15,18 @@ from pymongo.errors import DuplicateKeyError
 from ipvkit.storage import MongoStore, Repo
 from services.audit import ledger
 
-ENTRIES, META, CHECKPOINTS = "entries", "ledger_meta", "checkpoints"
+ENTRIES, EVENT_INDEX, META, CHECKPOINTS = "entries", "entry_by_event", "ledger_meta", "checkpoints"
 FACTS, ANOMALIES = "facts", "anomalies"
 PROGRAMMES, VOUCHERS, ORDERS, AGENCIES, ENTERPRISES = "programmes", "vouchers", "orders", "agencies", "enterprises"
-EVIDENCE, CAP_CLAIMS = "evidence", "cap_claims"
+EVIDENCE, SPLITS, GROUPS, CAP_CLAIMS = "evidence", "splits", "groups", "cap_claims"
 HEAD, PROJECTOR = "head", "projector"
 DIMENSIONS = ("programme", "region", "tier", "service_code", "agency", "month")
+
+
+def key(position):
+    """Entries are keyed by their position as a zero-padded string: FerretDB 1.24 (SQLite) pushes
+    down only string `_id` equality, so every lookup on the ledger's hot paths is one."""
+    return f"{position:012d}"
 
 
 class AuditRepo(Repo):
@@ -32,16 +38,11 @@ class AuditRepo(Repo):
         """Advances the head over entries a crashed appender inserted but did not count."""
         while True:
             head = self.head()
-            orphan = self.db[ENTRIES].find_one({"_id": head["size"]})
+            orphan = self.entry(head["size"])
             if orphan is None:
                 return head
-            self.db[META].update_one({"_id": HEAD, "size": head["size"]},
-                                     {"$set": {"size": head["size"] + 1, "hash": orphan["hash"]}}, upsert=False)
-            if head["size"] == 0:  # the very first entry: the head document may not exist yet
-                try:
-                    self.db[META].insert_one({"_id": HEAD, "size": 1, "hash": orphan["hash"]})
-                except DuplicateKeyError:
-                    pass
+            self._index_event(orphan)
+            self._advance(head, orphan)
 
     def append(self, event, now):
         """Appends the event once (by event_id). Returns (entry, appended_now).
@@ -54,21 +55,26 @@ class AuditRepo(Repo):
         encoded = ledger.canonical(event)
         stored_event = ledger.plain(event)
         while True:
-            existing = self.db[ENTRIES].find_one({"event_id": event["event_id"]})
+            existing = self.entry_by_event(event["event_id"])
             if existing is not None:
                 self.repair_head()
                 return existing, False
             head = self.head()
-            entry = {"_id": head["size"], "event_id": event["event_id"], "type": event["type"],
-                     "event": stored_event, "prev_hash": head["hash"],
+            entry = {"_id": key(head["size"]), "position": head["size"], "event_id": event["event_id"],
+                     "type": event["type"], "event": stored_event, "prev_hash": head["hash"],
                      "hash": ledger.chain_hash(head["hash"], encoded),
                      "leaf": ledger.leaf_hash(encoded).hex(), "appended_at": now}
             try:
                 self.db[ENTRIES].insert_one(entry)
             except DuplicateKeyError:
-                # The position was taken (another pod, or an uncounted entry), or the event is there.
+                # The position was taken (another pod, or an uncounted entry): count it, try the
+                # next one. Or the event itself is stored (unique event_id) and the next pass finds it.
+                taken = self.entry(head["size"])
+                if taken is None:
+                    self._index_lost_event(event["event_id"])
                 self.repair_head()
                 continue
+            self._index_event(entry)
             self._advance(head, entry)
             return entry, True
 
@@ -79,38 +85,44 @@ class AuditRepo(Repo):
                 return
             except DuplicateKeyError:
                 pass
-        # No match means another pod already repaired the head over this entry.
+        # No match means another pod already moved the head over this entry.
         self.db[META].update_one({"_id": HEAD, "size": head["size"]},
                                  {"$set": {"size": head["size"] + 1, "hash": entry["hash"]}})
 
+    def _index_event(self, entry):
+        try:
+            self.db[EVENT_INDEX].insert_one({"_id": entry["event_id"], "position": entry["position"]})
+        except DuplicateKeyError:
+            pass
+
+    def _index_lost_event(self, event_id):
+        """Only after a crash between an entry's insert and its index: the one full scan."""
+        found = self.db[ENTRIES].find_one({"event_id": event_id})
+        if found is not None:
+            self._index_event(found)
+
     def entry(self, position):
-        return self.db[ENTRIES].find_one({"_id": position})
+        return self.db[ENTRIES].find_one({"_id": key(position)})
 
     def entry_by_event(self, event_id):
-        return self.db[ENTRIES].find_one({"event_id": event_id})
+        indexed = self.db[EVENT_INDEX].find_one({"_id": event_id})
+        return self.entry(indexed["position"]) if indexed else None
 
-    def entries(self, after=-1, limit=100, type_=None, upto=None):
-        query = {"_id": {"$gt": after}}
-        if upto is not None:
-            query["_id"]["$lt"] = upto
+    def entries(self, after=-1, limit=100, type_=None):
+        """A page in position order (a scan on FerretDB; for people browsing, not hot paths)."""
+        query = {"position": {"$gt": after}}
         if type_:
             query["type"] = type_
         return list(self.db[ENTRIES].find(query).sort("_id", ASCENDING).limit(limit))
 
-    def iter_entries(self, upto=None, batch=5000):
-        """Every stored entry in position order, in pages (a 100,000-entry ledger never sits in memory)."""
-        after = -1
-        while True:
-            page = self.entries(after, batch, upto=upto)
-            yield from page
-            if len(page) < batch:
-                return
-            after = page[-1]["_id"]
+    def iter_entries(self, batch=2000):
+        """Every stored entry in position order, streamed (one scan, never all in memory)."""
+        return self.db[ENTRIES].find({}, {"leaf": 0, "appended_at": 0}).sort("_id", ASCENDING).batch_size(batch)
 
     def leaves(self, size):
         """The stored Merkle leaves of the first `size` entries."""
-        cursor = self.db[ENTRIES].find({"_id": {"$lt": size}}, {"leaf": 1}).sort("_id", ASCENDING)
-        return [bytes.fromhex(doc["leaf"]) for doc in cursor]
+        cursor = self.db[ENTRIES].find({"position": {"$lt": size}}, {"leaf": 1}).sort("_id", ASCENDING)
+        return [bytes.fromhex(doc["leaf"]) for doc in cursor.batch_size(5000)]
 
     # -- checkpoints ---------------------------------------------------------------------------
     def add_checkpoint(self, checkpoint, event, now):
@@ -167,41 +179,39 @@ class AuditRepo(Repo):
         for fact in facts:
             self._insert_once(FACTS, fact)
 
-    def facts(self, match, fields=None):
-        projection = {k: 1 for k in fields} if fields else None
-        return self.db[FACTS].find(match, projection).sort("_id", ASCENDING)
-
-    # -- evidence indexes for the rules ----------------------------------------------------------
-    def record_evidence(self, doc):
-        self._insert_once(EVIDENCE, doc)
-
-    def evidence_uses(self, kind, value):
-        return list(self.db[EVIDENCE].find({"kind": kind, "value": value}).sort("position", ASCENDING))
-
-    def orders_between(self, enterprise_id, agency_id, service_code, since_iso):
-        return list(self.db[ORDERS].find({"enterprise": enterprise_id, "agency": agency_id,
-                                           "service_code": service_code, "occurred_at": {"$gte": since_iso}})
-                    .sort("position", ASCENDING))
-
-    def group_order_counts(self, group, agency_id):
-        return (self.db[ORDERS].count_documents({"group": group}),
-                self.db[ORDERS].count_documents({"group": group, "agency": agency_id}))
-
-    def group_orders_of(self, group, agency_id, limit=1000):
-        return list(self.db[ORDERS].find({"group": group, "agency": agency_id}).sort("position", ASCENDING)
-                    .limit(limit))
-
-    def record_cap_claim(self, doc):
-        """Returns every claim at the cap by this agency in this programme, this one included."""
-        self._insert_once(CAP_CLAIMS, doc)
-        return list(self.db[CAP_CLAIMS].find({"agency": doc["agency"], "programme": doc["programme"]})
-                    .sort("position", ASCENDING).limit(1000))
-
     def _insert_once(self, collection, doc):
         try:
             self.db[collection].insert_one(doc)
         except DuplicateKeyError:
             pass
+
+    def facts(self, match, fields=None):
+        projection = {k: 1 for k in fields} if fields else None
+        return self.db[FACTS].find(match, projection).sort("_id", ASCENDING)
+
+    # -- what the rules remember, one document per key (string `_id` lookups only) ------------
+    def remember(self, collection, key_, item):
+        """Adds `item` to the list kept under `key_` (once) and returns the whole list."""
+        self.db[collection].update_one({"_id": key_}, {"$addToSet": {"items": item}}, upsert=True)
+        return sorted(self.db[collection].find_one({"_id": key_})["items"], key=lambda i: i["position"])
+
+    def count_order(self, group, agency_id, position, event_id):
+        """Counts an order in its group and for its agency, once per position. Returns (orders in
+        the group, orders of the agency in the group, the agency's first 1,000 there)."""
+        counts = []
+        for key_ in (f"group:{group}", f"group:{group}|{agency_id}"):
+            current = self.db[GROUPS].find_one({"_id": key_}) or {"n": 0, "last": -1, "orders": []}
+            if current["last"] < position:
+                update = {"$inc": {"n": 1}, "$set": {"last": position}}
+                if len(current["orders"]) < 1000:
+                    update["$push"] = {"orders": {"position": position, "event_id": event_id}}
+                try:
+                    self.db[GROUPS].update_one({"_id": key_, "last": current["last"]} if current["last"] >= 0
+                                               else {"_id": key_}, update, upsert=True)
+                except DuplicateKeyError:
+                    pass  # another projector run counted it (its lease expired mid-entry)
+            counts.append(self.db[GROUPS].find_one({"_id": key_}))
+        return counts[0]["n"], counts[1]["n"], counts[1]["orders"]
 
     # -- anomalies -------------------------------------------------------------------------------
     def add_anomaly(self, doc, event, now):
@@ -237,11 +247,9 @@ class AuditStore(MongoStore):
 
     outbox_collections = (CHECKPOINTS, ANOMALIES)
     indexes = {
-        ENTRIES: [IndexModel([("event_id", ASCENDING)], unique=True), IndexModel([("type", ASCENDING)])],
-        FACTS: [IndexModel([(name, ASCENDING)]) for name in ("position", "voucher", "bucket") + DIMENSIONS],
-        ORDERS: [IndexModel([("enterprise", ASCENDING), ("agency", ASCENDING), ("service_code", ASCENDING)]),
-                 IndexModel([("group", ASCENDING), ("agency", ASCENDING)])],
-        EVIDENCE: [IndexModel([("kind", ASCENDING), ("value", ASCENDING)])],
-        CAP_CLAIMS: [IndexModel([("agency", ASCENDING), ("programme", ASCENDING)])],
+        # event_id unique: the guard that two pods never append one event twice.
+        ENTRIES: [IndexModel([("event_id", ASCENDING)], unique=True), IndexModel([("position", ASCENDING)]),
+                  IndexModel([("type", ASCENDING)])],
+        FACTS: [IndexModel([(name, ASCENDING)]) for name in ("voucher", "bucket") + DIMENSIONS],
         ANOMALIES: [IndexModel([("rule", ASCENDING)])],
     }

@@ -8,7 +8,7 @@ T = domain.Thresholds()
 
 
 def entry(position, type_, data, occurred_at="2026-03-01T00:00:00.000Z"):
-    return {"_id": position, "event": {"event_id": f"e{position}", "type": type_, "occurred_at": occurred_at,
+    return {"position": position, "event": {"event_id": f"e{position}", "type": type_, "occurred_at": occurred_at,
                                        "data": data}}
 
 
