@@ -247,6 +247,31 @@ def fan_out(pool, fn, processes, *args):
     return [f.get() for f in [pool.apply_async(fn, (i,) + args) for i in range(processes)]]
 
 
+def audit_lag(launched):
+    """(ledger entries, p50, p99 upper bounds in s) from the audit instances' own
+    `ipv_audit_lag_seconds` histogram (event occurred_at -> appended), or None without audit."""
+    from prometheus_client.parser import text_string_to_metric_families
+    buckets, entries, found = defaultdict(float), 0, False
+    for p in launched:
+        if p.name.rstrip("0123456789") != "audit":
+            continue
+        found = True
+        text = requests.get(f"http://127.0.0.1:{p.port}/metrics", timeout=10).text
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                if sample.name == "ipv_audit_lag_seconds_bucket":
+                    buckets[float(sample.labels["le"])] += sample.value
+                elif sample.name == "ipv_audit_ledger_entries":
+                    entries = max(entries, sample.value)
+    if not found or not buckets:
+        return None
+    total = buckets[float("inf")]
+
+    def bound(q):
+        return next((le for le in sorted(buckets) if buckets[le] >= q * total), float("inf"))
+    return int(entries), bound(0.5), bound(0.99)
+
+
 # -- report ------------------------------------------------------------------------------------
 def row(label, samples, seconds, errors=None):
     ordered = sorted(samples)
@@ -355,6 +380,10 @@ def main(argv=None):
         api_rate, rpc_rate, http_rate = len(total) / window, len(rpc) / args.echo_seconds, len(http) / args.echo_seconds
         print(f"ratio: API operations/s = {api_rate / rpc_rate:.2f} x echo RPC/s, {api_rate / http_rate:.2f} x echo "
               f"@http/s, {api_rate / (len(inserts) / args.echo_seconds):.2f} x database inserts/s")
+        lag = audit_lag(launched)
+        if lag:
+            print(f"audit: {lag[0]} ledger entries; lag (occurred_at -> appended) p50 <= {lag[1]} s, "
+                  f"p99 <= {lag[2]} s (bucket bounds of ipv_audit_lag_seconds)")
         print("invariants: " + ("hold" if not problems else "BROKEN: " + "; ".join(problems)))
         if args.profile:
             print(f"profiles: {', '.join(str(OUT / f'profile-{p.name}.svg') for p in launched)}")
