@@ -11,6 +11,7 @@ import pytest
 import requests
 from kombu import Connection
 from nameko.rpc import rpc
+from openapi_spec_validator import validate as validate_openapi
 
 from ipvkit.amqp import consumer_queues, events_exchange
 from ipvkit.events import new_event
@@ -211,6 +212,9 @@ def test_readers_only_and_bad_queries_name_the_field(audit):
     assert empty.status_code == 422 and empty.json()["rule"] == "ledger_empty"
     assert api.get("/api/v1/audit/entries/5").status_code == 404
     assert api.get("/api/v1/audit/anomalies/an-nothing").status_code == 404
+    document = api.get("/api/v1/openapi.json").json()
+    validate_openapi(document)
+    assert "/api/v1/audit/entries/{position}/proof" in document["paths"]
 
 
 def test_red_flags_carry_their_evidence_and_are_published(audit, amqp_uri, event_tap):
