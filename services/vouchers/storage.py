@@ -297,6 +297,7 @@ class VoucherStore(MongoStore):
             IndexModel([("status", ASCENDING), ("valid_to", ASCENDING)]),
             IndexModel([("claims_submitted", ASCENDING)]),
             IndexModel([("claims_approved", ASCENDING)]),
+            IndexModel([("claims_total", ASCENDING)]),
         ],
         QUALIFICATIONS: [IndexModel([("enterprise_id", ASCENDING)])],
     }

@@ -5,9 +5,11 @@ from datetime import datetime, timezone
 
 import pytest
 import requests
+from kombu import Connection
 from nameko.testing.services import entrypoint_hook, replace_dependencies
 from openapi_spec_validator import validate as validate_openapi
 
+from ipvkit.amqp import consumer_queues
 from ipvkit.clock import FixedClock
 from ipvkit.events import new_event, parse
 from services.vouchers.service import VouchersService
@@ -107,7 +109,14 @@ class Client:
 
 
 @pytest.fixture
-def vapi(container_factory, service_config, token):
+def vapi(container_factory, service_config, token, amqp_uri):
+    # The consumer queues are durable and shared by every test on this vhost: other tests' provider
+    # and enterprise events (an "ag-1" downgrade, say) wait there and would reach this fresh database.
+    with Connection(amqp_uri) as conn:
+        for handler, bindings in (("on_agency", []), ("on_qualification", [])):
+            for queue in consumer_queues(f"vouchers.{handler}", bindings)[:2]:
+                queue(conn.default_channel).declare()
+                queue(conn.default_channel).purge()
     clock = FixedClock(NOW)
     container = container_factory(VouchersService, service_config)
     replace_dependencies(container, clock=clock)
