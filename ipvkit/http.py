@@ -21,7 +21,7 @@ from kombu import Connection
 from marshmallow import ValidationError
 from nameko.web.handlers import HttpRequestHandler
 from nameko.web.server import WebServer, WsgiApp
-from pymongo.errors import DuplicateKeyError
+from pymongo.errors import ConnectionFailure, DuplicateKeyError
 from werkzeug.exceptions import HTTPException
 from werkzeug.wrappers import Request, Response
 
@@ -151,6 +151,10 @@ class ApiHandler(HttpRequestHandler):
             response = self._handle(request, correlation_id)
         except ApiError as exc:
             response = error_response(exc)
+        except ConnectionFailure:  # the database is down or failing over: not a bug, and worth a retry
+            log.warning("database unavailable in %s %s", self.method, self.url, exc_info=True)
+            response = json_response(503, {"error": "unavailable", "message": "the database is unavailable; retry"},
+                                     headers={"Retry-After": "1"})
         except Exception:  # a bug: say so without leaking internals
             log.exception("unhandled error in %s %s", self.method, self.url)
             response = json_response(500, {"error": "internal_error", "message": "internal error"})

@@ -10,7 +10,8 @@ from ipvkit.http import PUBLIC, WRITE_METHODS, ApiHandler
 
 ERRORS = {400: "Invalid input; `fields` names each bad field", 401: "Missing or invalid bearer token",
           403: "Wrong role, or not your record", 404: "Not found", 409: "Conflict with the current state",
-          413: "Body too large", 422: "A rule refused the request; `rule` names it"}
+          413: "Body too large", 422: "A rule refused the request; `rule` names it",
+          503: "The database is unavailable; retry after `Retry-After` seconds"}
 
 
 class ErrorSchema(Schema):
@@ -57,7 +58,7 @@ def build_spec(container):
         if ep.response_schema is not None:
             ok["content"] = {"application/json": {"schema": ep.response_schema}}
         operation["responses"][str(ep.status)] = ok
-        codes = [400, 404]
+        codes = [400, 404, 503]
         if ep.roles != PUBLIC:
             operation["security"] = [{"bearer": []}]
             codes += [401, 403]

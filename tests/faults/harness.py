@@ -9,6 +9,7 @@ touches the shared servers other tests use.
     stack.stop()
 """
 import json
+from collections import Counter
 import os
 import shutil
 import signal
@@ -220,5 +221,6 @@ def registration_problems(results, docs, tapped):
             problems.append(f"{label}: {sorted(bad)[:10]} ({len(bad)})")
     figures = {"requests": len(results), "acknowledged": len(acked), "stored": len(stored),
                "not_answered": sum(1 for r in results if r["status"] is None),
+               "answers": dict(Counter(str(a) for r in results for a in r["seen"])),
                "redelivered_messages": messages - len(ids)}
     return problems, figures

@@ -35,21 +35,21 @@ OPERATIONS = {"register": register}
 
 
 def send(session, method, url, body, key, headers):
-    """One write until a definite answer. Returns (status or None, attempts)."""
-    attempts, deadline, pause = 0, time.monotonic() + RETRY_BUDGET_S, 0.2
+    """One write until a definite answer. Returns (status or None, every answer on the way)."""
+    seen, deadline, pause = [], time.monotonic() + RETRY_BUDGET_S, 0.2
     while time.monotonic() < deadline:
-        attempts += 1
         try:
             response = session.request(method, url, json=body, timeout=10,
                                        headers=dict(headers, **{"Idempotency-Key": key}))
+            seen.append(response.status_code)
             in_progress = response.status_code == 409 and "in progress" in response.text
             if response.status_code < 500 and not in_progress:
-                return response.status_code, attempts
-        except requests.RequestException:
-            pass  # down or restarting: try again
+                return response.status_code, seen
+        except requests.RequestException as exc:
+            seen.append(type(exc).__name__)  # down or restarting: try again
         time.sleep(pause)
         pause = min(pause * 2, 1.0)
-    return None, attempts
+    return None, seen
 
 
 def main():
@@ -73,9 +73,9 @@ def main():
                 n += 1
                 record_id, method, url, body = OPERATIONS[args.kind](args.base, number, n)
                 issued = time.time()
-                status, attempts = send(session, method, url, body, f"faults-{record_id}", headers)
+                status, seen = send(session, method, url, body, f"faults-{record_id}", headers)
                 with lock:
-                    out.write(json.dumps({"id": record_id, "status": status, "attempts": attempts,
+                    out.write(json.dumps({"id": record_id, "status": status, "seen": seen,
                                           "issued": issued}) + "\n")
                     out.flush()
         threads = [threading.Thread(target=client, args=(i,)) for i in range(args.clients)]
