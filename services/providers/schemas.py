@@ -229,6 +229,8 @@ class RatingOut(Schema):
     service_record = fields.Nested(ServiceRecord, required=True,
                                    metadata={"description": "evidence for the next evaluation; it does not change "
                                                             "the rating by itself"})
+    service_record_as_of = fields.String(required=True, metadata={"description": "recomputed every 10 s from "
+                                                                                  "the order events received"})
 
 
 class RecommendationQuery(Schema):

@@ -148,6 +148,7 @@ class ProvidersService(ServiceBase):
                "region_prefixes": domain.region_prefixes(body["region"]), "service_codes": body["service_codes"],
                "contact": body["contact"], "related_credit_codes": body.get("related_credit_codes", []),
                "status": "active", "status_reason": None, "level": None, "score": None, "rating": None,
+               "record": domain.service_record([]), "record_as_of": self.clock.now(),
                "blacklist": None, "evaluations": [], "blacklist_history": [], "registered_at": self.clock.now()}
         data = {"agency_id": agency_id, "credit_code": agency_id, "eligibility_line": self.policy.line,
                 "level": None, "eligible": self.policy.eligible(doc),
@@ -269,7 +270,7 @@ class ProvidersService(ServiceBase):
                 "eligible": self.policy.eligible(doc), "eligibility_line": self.policy.line,
                 "explanation": explain(evaluation),
                 "evaluation": evaluation and evaluation_view(agency_id, evaluation, current_id),
-                "service_record": self.store.service_records([agency_id])[agency_id]}
+                "service_record": doc["record"], "service_record_as_of": utc_iso(doc["record_as_of"])}
 
     # -- blacklist -------------------------------------------------------------------------------
     @api("POST", "/api/v1/agencies/<agency_id>/blacklist", roles=("officer",), body=s.BlacklistIn,
@@ -325,9 +326,8 @@ class ProvidersService(ServiceBase):
     def recommendations(self, call):
         code, region = call.query["service_code"], call.query.get("region")
         eligible = [a for a in self.store.candidates(code, region) if self.policy.eligible(a)]
-        records = self.store.service_records([a["_id"] for a in eligible])
         ranked = domain.rank([{"agency_id": a["_id"], "name": a["name"], "region": a["region"], "level": a.get("level"),
-                               "score": a.get("score"), "service_record": records[a["_id"]]} for a in eligible])
+                               "score": a.get("score"), "service_record": a["record"]} for a in eligible])
         return {"service_code": code, "region": region, "eligibility_line": self.policy.line,
                 "items": ranked[:call.query["limit"]]}
 
@@ -344,6 +344,11 @@ class ProvidersService(ServiceBase):
     def relay_outbox(self):
         """Publishes events a crash or a broker outage left in the outbox."""
         return self.store.relay_due(self.clock.now())
+
+    @timer(interval=10)
+    def refresh_service_records(self):
+        """Service records from the orders read model, kept in each agency for fast reads."""
+        return self.store.refresh_service_records(self.clock.now())
 
     @timer(interval=30)
     def recount_agencies(self):
