@@ -7,6 +7,8 @@ import logging
 from datetime import datetime
 
 import eventlet
+from amqp.exceptions import NotFound as QueueNotFound
+from kombu import Connection
 from nameko.dependency_providers import Config
 from nameko.exceptions import UnknownService
 from nameko.rpc import RpcProxy
@@ -17,7 +19,7 @@ from werkzeug.wrappers import Response
 from ipvkit import contracts  # noqa: F401 - registers every event schema
 from ipvkit.clock import Clock, utc_iso
 from ipvkit.consumer import consume
-from ipvkit.errors import ApiError, NotFound, RuleRefused
+from ipvkit.errors import ApiError, BadRequest, NotFound, RuleRefused
 from ipvkit.events import new_event
 from ipvkit.http import ServiceBase, api
 from services.audit import domain, ledger, metrics, projector
@@ -32,6 +34,7 @@ READERS = ("auditor", "officer")
 PRODUCERS = ("enterprises", "providers", "vouchers", "audit")
 BUCKET_FIELDS = ("budget", "remaining", "free", "held", "paid", "returned")
 VOUCHER_FIELDS = ("face_value", "free", "held", "paid", "returned")
+RPC_QUEUE = "rpc-vouchers"  # nameko's queue of the vouchers service's @rpc methods
 
 
 class Unavailable(ApiError):
@@ -60,6 +63,15 @@ def csv_response(rows, columns, filename):
     writer.writerows(rows)
     return Response(out.getvalue(), status=200, mimetype="text/csv",
                     headers={"Content-Disposition": f'attachment; filename="{filename}"'})
+
+
+def number(path, name):
+    """A ledger position or checkpoint size from the path (a string route, so that auth is
+    checked before the value: a bad token is a 401 whatever the path says)."""
+    value = path[name]
+    if not value.isdigit() or len(value) > 12:
+        raise BadRequest(f"{name} must be a non-negative integer", fields={name: ["not a non-negative integer"]})
+    return int(value)
 
 
 def fact_filter(query):
@@ -115,9 +127,9 @@ class AuditService(ServiceBase):
         return {"items": [entry_view(d) for d in docs],
                 "next_cursor": docs[-1]["position"] if len(docs) == query["limit"] else None}
 
-    @api("GET", "/api/v1/audit/entries/<int:position>", roles=READERS, summary="One ledger entry")
+    @api("GET", "/api/v1/audit/entries/<position>", roles=READERS, summary="One ledger entry")
     def get_entry(self, call):
-        return entry_view(self._entry(call.path["position"]))
+        return entry_view(self._entry(number(call.path, "position")))
 
     def _entry(self, position):
         doc = self.store.entry(position)
@@ -206,14 +218,14 @@ class AuditService(ServiceBase):
             raise NotFound(f"no checkpoint of size {size}" if size is not None else "no checkpoint yet")
         return doc
 
-    @api("GET", "/api/v1/audit/checkpoints/<int:size>", roles=READERS, summary="One checkpoint")
+    @api("GET", "/api/v1/audit/checkpoints/<size>", roles=READERS, summary="One checkpoint")
     def get_checkpoint(self, call):
-        return checkpoint_view(self._checkpoint_at(call.path["size"]))
+        return checkpoint_view(self._checkpoint_at(number(call.path, "size")))
 
-    @api("GET", "/api/v1/audit/entries/<int:position>/proof", roles=READERS, query=s.ProofQuery,
+    @api("GET", "/api/v1/audit/entries/<position>/proof", roles=READERS, query=s.ProofQuery,
          summary="Inclusion proof of an entry in a checkpoint (RFC 9162)")
     def inclusion_proof(self, call):
-        position = call.path["position"]
+        position = number(call.path, "position")
         entry = self._entry(position)
         checkpoint = self._checkpoint_at(call.query.get("checkpoint"))
         if position >= checkpoint["_id"]:
@@ -223,10 +235,10 @@ class AuditService(ServiceBase):
         proof = tree.prove_inclusion(position + 1, checkpoint["_id"])
         return {"entry": entry_view(entry), "checkpoint": checkpoint_view(checkpoint), "proof": proof.serialize()}
 
-    @api("GET", "/api/v1/audit/checkpoints/<int:size>/consistency", roles=READERS, query=s.ConsistencyQuery,
+    @api("GET", "/api/v1/audit/checkpoints/<size>/consistency", roles=READERS, query=s.ConsistencyQuery,
          summary="Consistency proof from one checkpoint to a later one (RFC 9162)")
     def consistency_proof(self, call):
-        older = self._checkpoint_at(call.path["size"])
+        older = self._checkpoint_at(number(call.path, "size"))
         newer = self._checkpoint_at(call.query.get("to"))
         if newer["_id"] < older["_id"]:
             raise RuleRefused("checkpoints_out_of_order",
@@ -276,21 +288,39 @@ class AuditService(ServiceBase):
          summary="Balances rebuilt from the ledger against the vouchers service's own, per programme and voucher")
     def reconciliation(self, call):
         wanted = call.query.get("programme")
+        ours = domain.balances(domain.sum_facts(self.store.facts(
+            {"programme": wanted} if wanted else {}, fields=("programme", "bucket", "fen", "count")), "programme"))
         try:
-            timeout = float(self.config.get("AUDIT_RPC_TIMEOUT_S") or 10)
+            theirs = {p["programme_id"]: p for p in self._ask_vouchers("programme_balances")}
+        except Unavailable as exc:
+            # Not a failure of this request: the ledger's side is still worth reading.
+            return {"ok": False, "compared": False, "reason": exc.message, "ledger_size": self.store.head()["size"],
+                    "through_position": self.store.projector_position() - 1,
+                    "ledger_balances": [dict(v, programme_id=k) for k, v in sorted(ours.items(), key=lambda i: str(i[0]))
+                                        if k is not None]}
+        programmes = sorted((set(theirs) | set(ours)) - {None})
+        if wanted:
+            programmes = [p for p in programmes if p == wanted]
+        report = [self._reconcile_programme(p, ours.get(p), theirs.get(p)) for p in programmes]
+        return {"ok": all(r["ok"] for r in report), "compared": True, "ledger_size": self.store.head()["size"],
+                "through_position": self.store.projector_position() - 1, "programmes": report}
+
+    def _ask_vouchers(self, method, *args, **kwargs):
+        """One RPC to the vouchers service, or a 503 at once when no pod of it listens (a call
+        would wait in its queue) and after AUDIT_RPC_TIMEOUT_S when it does not answer."""
+        try:
+            with Connection(self.config["AMQP_URI"]) as conn:
+                listening = conn.default_channel.queue_declare(RPC_QUEUE, passive=True).consumer_count
+        except QueueNotFound:
+            listening = 0
+        if not listening:
+            raise Unavailable("the vouchers service is not running; reconciliation needs its figures")
+        timeout = float(self.config.get("AUDIT_RPC_TIMEOUT_S") or 5)
+        try:
             with eventlet.Timeout(timeout, Unavailable("the vouchers service did not answer in time")):
-                theirs = {p["programme_id"]: p for p in self.vouchers.programme_balances()}
-                ours = domain.balances(domain.sum_facts(self.store.facts(
-                    {"programme": wanted} if wanted else {}, fields=("programme", "bucket", "fen", "count")),
-                    "programme"))
-                programmes = sorted((set(theirs) | set(ours)) - {None})
-                if wanted:
-                    programmes = [p for p in programmes if p == wanted]
-                report = [self._reconcile_programme(p, ours.get(p), theirs.get(p)) for p in programmes]
+                return getattr(self.vouchers, method)(*args, **kwargs)
         except UnknownService:
             raise Unavailable("the vouchers service is not running; reconciliation needs its figures")
-        return {"ok": all(r["ok"] for r in report), "ledger_size": self.store.head()["size"],
-                "through_position": self.store.projector_position() - 1, "programmes": report}
 
     def _reconcile_programme(self, programme_id, ours, theirs):
         out = {"programme_id": programme_id, "differences": {}, "vouchers": [], "entries": []}
@@ -307,7 +337,7 @@ class AuditService(ServiceBase):
         seen = set()
         after = None
         while True:
-            page = self.vouchers.voucher_balances(programme_id, after=after, limit=1000)
+            page = self._ask_vouchers("voucher_balances", programme_id, after=after, limit=1000)
             for v in page["vouchers"]:
                 seen.add(v["voucher_id"])
                 cells = per_voucher.get(v["voucher_id"], {})
