@@ -22,7 +22,6 @@ if [ ${#need_pkgs[@]} -gt 0 ]; then
 fi
 
 mkdir -p "$CACHE/bin"
-FERRETDB_BIN=$CACHE/bin/ferretdb-$FERRETDB_VERSION
 if [ -z "${MONGO_URI:-}" ] && [ ! -x "$FERRETDB_BIN" ]; then
   command -v go >/dev/null || die "Go is needed to build FerretDB: install Go >= 1.21 (https://go.dev/doc/install)"
   say "building FerretDB $FERRETDB_VERSION (once; cached in $CACHE/bin)"
@@ -34,6 +33,9 @@ if [ -z "${MONGO_URI:-}" ] && [ ! -x "$FERRETDB_BIN" ]; then
   build=$(mktemp -d)
   cp -r "$src/." "$build/" && chmod -R u+w "$build"
   echo "$FERRETDB_VERSION" >"$build/build/version/version.txt"
+  # Guarded single-document updates must be atomic (the whole money path rests on it); 1.24's SQLite
+  # handler reads and writes back without isolation (FerretDB #3040), so serialise those commands.
+  (cd "$build" && git apply "$FERRETDB_PATCH") || die "could not apply $FERRETDB_PATCH to FerretDB $FERRETDB_VERSION"
   (cd "$build" && go build -o "$FERRETDB_BIN.tmp" ./cmd/ferretdb) || die "building FerretDB failed"
   mv "$FERRETDB_BIN.tmp" "$FERRETDB_BIN"
   rm -rf "$build"

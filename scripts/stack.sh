@@ -6,7 +6,6 @@ source "$(dirname "$0")/common.sh"
 # var/env (sourced by make) exports the URIs of the local servers: those are ours, not external.
 if [ -n "${IPV_LOCAL_STACK:-}" ]; then unset AMQP_URI MONGO_URI; fi
 
-FERRETDB_BIN=$CACHE/bin/ferretdb-$FERRETDB_VERSION
 RABBIT_DIR=$VAR/rabbitmq
 FERRET_DIR=$VAR/ferretdb
 PY=$VENV/bin/python
