@@ -9,6 +9,7 @@ from kombu import Connection
 from ipvkit.config import load
 from ipvkit.deadletters import _Message, consumers, queue_depth, services
 from ipvkit.http import ApiHandler
+from tests.hostile.profiles import profile
 
 ROOT = Path(__file__).resolve().parents[2]
 SERVICES = services()
@@ -45,7 +46,7 @@ def start_service(container_factory, service_config, token):
     def start(name):
         config = load(ROOT / "services" / name / "config.yaml")
         config.pop("LOGGING", None)
-        config.update(service_config)
+        config.update(service_config, **profile(name).config)
         container = container_factory(SERVICES[name], config)
         container.start()
         return container, Client(f"http://{service_config['WEB_SERVER_ADDRESS']}", token)
