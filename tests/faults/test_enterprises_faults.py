@@ -1,12 +1,22 @@
 """During a stream of registrations through the real HTTP API: kill -9 the service, restart RabbitMQ,
 restart FerretDB. Afterwards every acknowledged registration exists and its event was published
-under exactly one event id. All of it on a private stack (tests/faults/harness.py)."""
+under exactly one event id. And a kill -9 while it consumes events: each is applied exactly once.
+All of it on a private stack (tests/faults/harness.py)."""
+import json
 import time
+from datetime import datetime, timezone
 
 import pytest
+import requests
+from kombu import Connection
 from pymongo import MongoClient
 
+from ipvkit.amqp import events_exchange
+from ipvkit.auth import issue_token
+from ipvkit.deadletters import queue_depth
+from ipvkit.events import new_event
 from ipvkit.storage import LEASE
+from tests.hostile.profiles import SAMPLES, Seed, credit_code
 from tests.faults.harness import PrivateStack, ServiceProcess, Tap, Workload, registration_problems, wait_until
 
 pytestmark = pytest.mark.integration
@@ -26,6 +36,12 @@ def enterprises(stack):
     service.tap = tap
     yield service
     service.stop()
+
+
+def rating_dropped(enterprise_id):
+    return new_event(type="provider.rating_changed", producer="providers", aggregate_id="ag-1", sequence=2,
+                     actor={"role": "officer", "id": "o9"}, now=datetime.now(timezone.utc),
+                     data=SAMPLES["provider.rating_changed"](Seed(own={"enterprise": enterprise_id})))
 
 
 def settle_and_check(stack, service, results, recovered_at):
@@ -71,3 +87,30 @@ def test_a_ferretdb_crash_and_restart_loses_no_acknowledged_registration(stack, 
     work.wait_for_success_after(recovered)      # the workload goes on against the recovered stack
     figures = settle_and_check(stack, enterprises, work.results(), recovered)
     assert "500" not in figures["answers"], figures     # an outage is a 503 to retry, not a bug
+
+
+def test_kill_minus_9_while_consuming_applies_every_event_exactly_once(stack, enterprises):
+    # Events arrive while the consumer is killed mid-stream: unacknowledged ones come back and
+    # must still notify each enterprise once, no more.
+    codes = [credit_code() for _ in range(4)]
+    officer = {"Authorization": "Bearer " + issue_token(enterprises.secret, "officer", "faults")}
+    for code in codes:
+        assert requests.post(enterprises.base + "/api/v1/enterprises", headers=officer, timeout=10, json={
+            "credit_code": code, "name": "故障测试企业", "region": "350102", "industry": "C34",
+            "size": "small"}).status_code == 201
+    sent = [rating_dropped(codes[n % len(codes)]) for n in range(300)]
+    with Connection(stack.amqp_uri, transport_options={"confirm_publish": True}) as conn:
+        producer = conn.Producer()
+        for n, event in enumerate(sent):
+            producer.publish(json.dumps(event), exchange=events_exchange("providers"), routing_key=event["type"],
+                             delivery_mode=2, content_type="application/json", declare=[events_exchange("providers")])
+            if n == 100:
+                enterprises.kill9()
+        enterprises.start()
+    notes = MongoClient(stack.mongo_uri)[enterprises.db].notifications
+    wait_until("every event applied", lambda: notes.count_documents({}) >= len(sent), 30)
+    time.sleep(1)                                       # nothing more arrives
+    assert notes.count_documents({}) == len(sent)
+    assert {n["event_id"] for n in notes.find()} == {e["event_id"] for e in sent}
+    with Connection(stack.amqp_uri) as conn:
+        assert queue_depth(conn, "enterprises.on_agency_standing.dlq") == 0
