@@ -7,6 +7,8 @@ from datetime import date, datetime, timezone
 import eventlet
 import pytest
 import requests
+from amqp.exceptions import NotFound
+from kombu import Connection
 from nameko.testing.services import entrypoint_hook, replace_dependencies
 
 from ipvkit.amqp import events_exchange
@@ -104,6 +106,17 @@ def test_order_outcomes_build_the_record_and_name_who_is_affected(providers, amq
                                                      {"enterprise_id": E1, "order_ids": ["o-2"]}]
     assert (event["data"]["was_eligible"], event["data"]["eligible"], event["data"]["new_level"]) == (True, False, "D")
     assert record(providers) == expected          # the rating did not change the record, nor the reverse
+    purge(amqp_uri, "enterprises.on_agency_standing")
+
+
+def purge(amqp_uri, queue):
+    """No enterprises service ran here: its queue (shared on this vhost) must not keep alerts for
+    enterprises a later test never registered."""
+    with Connection(amqp_uri) as conn:
+        try:
+            conn.default_channel.queue_purge(queue)
+        except NotFound:
+            pass
 
 
 def test_a_fall_below_the_line_a_suspension_and_a_listing_reach_the_enterprises_inbox(
