@@ -4,8 +4,8 @@
 
 A ledger of `--entries` entries is bulk-loaded first (chained exactly as the service chains them),
 into a scratch database on the FerretDB in var/env, dropped afterwards. Append: then `--appends`
-more through the service's own storage path (`AuditRepo.append`: event-id lookup, head read,
-entry insert keyed by position, event index insert, guarded head update), one appender, on top
+more through the service's own storage path (`AuditRepo.append`: head read, entry insert keyed by
+position, its copy for the projector, guarded head update), one appender, on top
 of the full ledger so the rate is the one at that size; the broker is not in the loop. Verification: the
 whole ledger read back in pages and checked the way GET /api/v1/audit/verify and the offline
 verifier do (canonical encoding, chain hashes, leaf hashes, the Merkle root of a checkpoint
@@ -24,7 +24,7 @@ from pymongo import MongoClient
 from ipvkit import contracts  # noqa: F401 - registers the event schemas
 from ipvkit.events import new_event
 from services.audit import ledger
-from services.audit.storage import ENTRIES, EVENT_INDEX, HEAD, META, AuditRepo, AuditStore, key
+from services.audit.storage import ENTRIES, HEAD, META, AuditRepo, AuditStore, key
 
 START = datetime(2026, 1, 1, tzinfo=timezone.utc)
 
@@ -68,8 +68,6 @@ def main(argv=None):
             prev = digest
         for offset in range(0, len(docs), 1000):
             store.db[ENTRIES].insert_many(docs[offset:offset + 1000], ordered=True)
-            store.db[EVENT_INDEX].insert_many([{"_id": d["event_id"], "position": d["position"]}
-                                               for d in docs[offset:offset + 1000]])
         store.db[META].insert_one({"_id": HEAD, "size": args.entries, "hash": prev})
         load_s = time.perf_counter() - started
         started = lap = time.perf_counter()

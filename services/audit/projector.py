@@ -29,11 +29,12 @@ def run(repo, now, thresholds):
     try:
         size = repo.head()["size"]
         while position < size and applied < BATCH:
-            entry = repo.entry(position)
+            entry = repo.unprojected(position)
             if entry is None:  # counted by the head but gone: verification names it; nothing to build from
                 break
             apply(repo, entry, now, thresholds)
             repo.advance_projector(position)
+            repo.projected(position)
             position += 1
             applied += 1
     finally:

@@ -15,7 +15,7 @@ from pymongo.errors import DuplicateKeyError
 from ipvkit.storage import MongoStore, Repo
 from services.audit import ledger
 
-ENTRIES, EVENT_INDEX, META, CHECKPOINTS = "entries", "entry_by_event", "ledger_meta", "checkpoints"
+ENTRIES, UNPROJECTED, META, CHECKPOINTS = "entries", "unprojected", "ledger_meta", "checkpoints"
 FACTS, ANOMALIES = "facts", "anomalies"
 PROGRAMMES, VOUCHERS, ORDERS, AGENCIES, ENTERPRISES = "programmes", "vouchers", "orders", "agencies", "enterprises"
 EVIDENCE, SPLITS, GROUPS, CAP_CLAIMS = "evidence", "splits", "groups", "cap_claims"
@@ -24,12 +24,16 @@ DIMENSIONS = ("programme", "region", "tier", "service_code", "agency", "month")
 
 
 def key(position):
-    """Entries are keyed by their position as a zero-padded string: FerretDB 1.24 (SQLite) pushes
-    down only string `_id` equality, so every lookup on the ledger's hot paths is one."""
+    """Entries are keyed by their position as a zero-padded string, so `_id` order is ledger order."""
     return f"{position:012d}"
 
 
 class AuditRepo(Repo):
+    """FerretDB 1.24 (SQLite) uses no index for a query: every find scans its collection (a
+    unique index is still enforced on insert). So the append path reads only the small head
+    collection and leaves duplicate detection to the unique indexes, and each new entry is also
+    put in the small `unprojected` collection the projector reads and empties."""
+
     # -- the ledger --------------------------------------------------------------------------
     def head(self):
         return self.db[META].find_one({"_id": HEAD}) or {"_id": HEAD, "size": 0, "hash": ledger.GENESIS}
@@ -41,7 +45,7 @@ class AuditRepo(Repo):
             orphan = self.entry(head["size"])
             if orphan is None:
                 return head
-            self._index_event(orphan)
+            self._insert_once(UNPROJECTED, orphan)
             self._advance(head, orphan)
 
     def append(self, event, now):
@@ -55,10 +59,6 @@ class AuditRepo(Repo):
         encoded = ledger.canonical(event)
         stored_event = ledger.plain(event)
         while True:
-            existing = self.entry_by_event(event["event_id"])
-            if existing is not None:
-                self.repair_head()
-                return existing, False
             head = self.head()
             entry = {"_id": key(head["size"]), "position": head["size"], "event_id": event["event_id"],
                      "type": event["type"], "event": stored_event, "prev_hash": head["hash"],
@@ -67,14 +67,14 @@ class AuditRepo(Repo):
             try:
                 self.db[ENTRIES].insert_one(entry)
             except DuplicateKeyError:
-                # The position was taken (another pod, or an uncounted entry): count it, try the
-                # next one. Or the event itself is stored (unique event_id) and the next pass finds it.
-                taken = self.entry(head["size"])
-                if taken is None:
-                    self._index_lost_event(event["event_id"])
+                # The position is taken (another pod, or an entry a crash left uncounted), or the
+                # event is already in the ledger (a redelivery: event_id is unique).
+                existing = self.entry_by_event(event["event_id"])
                 self.repair_head()
+                if existing is not None:
+                    return existing, False
                 continue
-            self._index_event(entry)
+            self._insert_once(UNPROJECTED, entry)
             self._advance(head, entry)
             return entry, True
 
@@ -89,24 +89,18 @@ class AuditRepo(Repo):
         self.db[META].update_one({"_id": HEAD, "size": head["size"]},
                                  {"$set": {"size": head["size"] + 1, "hash": entry["hash"]}})
 
-    def _index_event(self, entry):
-        try:
-            self.db[EVENT_INDEX].insert_one({"_id": entry["event_id"], "position": entry["position"]})
-        except DuplicateKeyError:
-            pass
-
-    def _index_lost_event(self, event_id):
-        """Only after a crash between an entry's insert and its index: the one full scan."""
-        found = self.db[ENTRIES].find_one({"event_id": event_id})
-        if found is not None:
-            self._index_event(found)
-
     def entry(self, position):
         return self.db[ENTRIES].find_one({"_id": key(position)})
 
     def entry_by_event(self, event_id):
-        indexed = self.db[EVENT_INDEX].find_one({"_id": event_id})
-        return self.entry(indexed["position"]) if indexed else None
+        return self.db[ENTRIES].find_one({"event_id": event_id})
+
+    def unprojected(self, position):
+        """The entry at `position` if the projector has not applied it yet (a small collection)."""
+        return self.db[UNPROJECTED].find_one({"_id": key(position)}) or self.entry(position)
+
+    def projected(self, position):
+        self.db[UNPROJECTED].delete_one({"_id": key(position)})
 
     def entries(self, after=-1, limit=100, type_=None):
         """A page in position order (a scan on FerretDB; for people browsing, not hot paths)."""
