@@ -64,12 +64,32 @@ def seed_enterprises(client):
                 path={"qualification_id": granted.json()["qualification_id"], "notification_id": "n-none"})
 
 
+# -- providers ---------------------------------------------------------------------------------------
+def agency_body(credit):
+    return {"credit_code": credit or credit_code(), "name": "闽江专利代理事务所", "kind": "patent",
+            "licence_no": "35101", "region": "350102", "service_codes": ["PAT-01"],
+            "contact": {"person": "林律师", "phone": "0591-87654321"}}
+
+
+def seed_providers(client):
+    own, other = credit_code(), credit_code()
+    for code in (own, other):
+        registered = client("POST", "/api/v1/agencies", json=agency_body(code))
+        assert registered.status_code == 201, registered.text
+    return Seed(own={"agency": own}, other={"agency": other})
+
+
 PROFILES = {
     "enterprises": Profile(
         seed=seed_enterprises,
         owners={"enterprise": {"path": "enterprise_id", "body": {"register": "credit_code"}}},
         bodies={"register": enterprise_body, "grant_qualification": lambda _: dict(QUALIFICATION),
                 "revoke_qualification": lambda _: {"reason": "certificate withdrawn"}},
+    ),
+    "providers": Profile(
+        seed=seed_providers,
+        owners={"agency": {"path": "agency_id", "body": {"register": "credit_code"}}},
+        bodies={"register": agency_body, "update_agency": lambda _: {"name": "闽江知识产权代理有限公司"}},
     ),
     # Reconciliation asks the vouchers service, which these one-service tests do not run: its 503
     # should come fast.
