@@ -49,7 +49,9 @@ def start_service(container_factory, service_config, token):
         config.update(service_config, **profile(name).config)
         container = container_factory(SERVICES[name], config)
         container.start()
-        return container, Client(f"http://{service_config['WEB_SERVER_ADDRESS']}", token)
+        client = Client(f"http://{service_config['WEB_SERVER_ADDRESS']}", token)
+        client.container = container   # for seeds that feed events to a consumer
+        return container, client
     return start
 
 

@@ -11,8 +11,9 @@ To add a service: write `seed(client) -> Seed`, its `owners`, and `bodies` for w
 is in the body; register it in PROFILES; add a `SAMPLES` entry for every event type it consumes.
 """
 import itertools
+import json
 from dataclasses import dataclass, field
-from datetime import date, datetime, timezone
+from datetime import date, datetime, timedelta, timezone
 
 from stdnum.cn import uscc
 
@@ -28,9 +29,12 @@ def credit_code(region="350100"):
 @dataclass
 class Seed:
     """Records created before a test. `own`/`other`: role -> the subject owning a record / another
-    subject's record of that role. `path`: values for path parameters no owner fills."""
+    subject of that role. `records`: role -> {path parameter: (id of a record the own subject owns,
+    id of one the other subject owns)}, for routes that name a record, not its owner. `path`:
+    values for path parameters nothing else fills."""
     own: dict = field(default_factory=dict)
     other: dict = field(default_factory=dict)
+    records: dict = field(default_factory=dict)
     path: dict = field(default_factory=dict)
 
 
@@ -79,6 +83,65 @@ def seed_providers(client):
     return Seed(own={"agency": own}, other={"agency": other})
 
 
+# -- vouchers ----------------------------------------------------------------------------------------
+def _feed(client, handler, event):
+    """Hands an event to a consumer of the running container, as its queue would."""
+    from nameko.testing.services import entrypoint_hook
+
+    from ipvkit.events import parse
+    with entrypoint_hook(client.container, handler) as hook:
+        hook(parse(json.dumps(event)))
+
+
+def _event(type_, producer, aggregate_id, data):
+    from ipvkit.events import new_event
+    return new_event(type=type_, producer=producer, aggregate_id=aggregate_id, sequence=1, data=data,
+                     actor={"role": "officer", "id": "o9"}, now=datetime.now(timezone.utc))
+
+
+def seed_vouchers(client):
+    """Two qualified enterprises, two eligible agencies, an open programme, and for each pair a
+    voucher and an order: enterprise 1 and agency 1 own the first of each, 2 and 2 the second."""
+    today = date.today()
+    enterprises, agencies = [credit_code(), credit_code()], ["ag-1", "ag-2"]
+    for code in enterprises:
+        _feed(client, "on_qualification", _event("enterprise.qualification_granted", "enterprises", "q-" + code, {
+            "qualification_id": "q-" + code, "enterprise_id": code, "tier": "srdi_sme", "level": "provincial",
+            "certificate_no": "C-" + code, "issuing_authority": "省工信厅", "valid_from": "2025-01-01",
+            "valid_to": (today + timedelta(days=700)).isoformat()}))
+    for agency in agencies:
+        _feed(client, "on_agency", _event("provider.registered", "providers", agency, {
+            "agency_id": agency, "name": "玉环专利代理事务所", "credit_code": credit_code(), "kind": "patent",
+            "region": "331021", "service_codes": ["PAT-01"], "related_credit_codes": [], "eligibility_line": "B",
+            "level": "A", "eligible": True}))
+    created = client("POST", "/api/v1/programmes", json={
+        "name": "玉环市知识产权服务券", "region": "331021", "fund_source": "中小企业发展专项资金",
+        "budget_fen": 10_000_000, "opens_on": (today - timedelta(days=30)).isoformat(),
+        "closes_on": (today + timedelta(days=300)).isoformat(), "validity_days": 180,
+        "redemption_model": "agency_redeems",
+        "tiers": [{"tier": "srdi_sme", "face_value_fen": 2_000_000, "annual_cap_fen": 10_000_000}],
+        "catalogue": [{"service_code": "PAT-01", "name": "专利导航分析", "subsidy_ratio_bp": 5000,
+                       "item_cap_fen": 1_000_000, "agency_kinds": ["patent"]}]})
+    assert created.status_code == 201, created.text
+    pid = created.json()["programme_id"]
+    assert client("POST", f"/api/v1/programmes/{pid}/open").status_code == 200
+    vouchers, orders = [], []
+    for code, agency in zip(enterprises, agencies):
+        voucher = client("POST", "/api/v1/vouchers", "enterprise", code, json={"programme_id": pid})
+        assert voucher.status_code == 201, voucher.text
+        vouchers.append(voucher.json()["voucher_id"])
+        order = client("POST", "/api/v1/orders", "enterprise", code, json={
+            "voucher_id": vouchers[-1], "agency_id": agency, "service_code": "PAT-01", "price_fen": 1_000_000,
+            "deliver_by": (today + timedelta(days=60)).isoformat()})
+        assert order.status_code == 201, order.text
+        orders.append(order.json()["order_id"])
+    return Seed(own={"enterprise": enterprises[0], "agency": agencies[0]},
+                other={"enterprise": enterprises[1], "agency": agencies[1]},
+                records={"enterprise": {"voucher_id": tuple(vouchers), "order_id": tuple(orders)},
+                         "agency": {"order_id": tuple(orders)}},
+                path={"programme_id": pid, "voucher_id": vouchers[0], "order_id": orders[0]})
+
+
 PROFILES = {
     "enterprises": Profile(
         seed=seed_enterprises,
@@ -91,6 +154,7 @@ PROFILES = {
         owners={"agency": {"path": "agency_id", "body": {"register": "credit_code"}}},
         bodies={"register": agency_body, "update_agency": lambda _: {"name": "闽江知识产权代理有限公司"}},
     ),
+    "vouchers": Profile(seed=seed_vouchers),
     # Reconciliation asks the vouchers service, which these one-service tests do not run: its 503
     # should come fast.
     "audit": Profile(config={"AUDIT_RPC_TIMEOUT_S": 0.5}),
