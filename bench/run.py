@@ -151,8 +151,9 @@ def drive(process_no, clients, seconds, routes, secret, shared):
         ctx = Client(process_no * 100 + n, routes, secret)
         ctx.shared = shared
         pools = defaultdict(list)
+        table = workload.operations(shared)
         while time.monotonic() < end:
-            ready = [op for op in workload.OPERATIONS if op.takes is None or pools[op.takes]]
+            ready = [op for op in table if op.takes is None or pools[op.takes]]
             op = random.choices(ready, weights=[o.weight for o in ready])[0]
             item = pools[op.takes].pop() if op.takes else None
             started = time.perf_counter()
@@ -170,6 +171,8 @@ def drive(process_no, clients, seconds, routes, secret, shared):
                     errors[op.name][str(status)] += 1
             if isinstance(status, int) and status < 300 and op.gives:
                 pools[op.gives].append(new)
+            elif status in op.again:
+                pools[op.takes].insert(0, item)   # not ready yet: others first
 
     threads = [threading.Thread(target=one, args=(n,)) for n in range(clients)]
     for t in threads:
@@ -319,7 +322,8 @@ def main(argv=None):
         launched, routes, databases = start_services(names, instances, amqp_uri, mongo)
         print(f"services: {', '.join(f'{n} x{instances.get(n, 1)}' for n in names)}; broker vhost {VHOST}; "
               f"load: {args.processes} processes x {args.clients} clients for {args.seconds:.0f} s", flush=True)
-        shared = workload.setup(Client(0, routes, secret))
+        shared = workload.setup(Client(0, routes, secret), names)
+        time.sleep(2)   # what set-up registered reaches the other services' read models as events
         profilers = []
         if args.profile:
             profilers = [subprocess.Popen([str(ROOT / ".venv/bin/py-spy"), "record", "--pid", str(p.proc.pid),
@@ -363,7 +367,9 @@ def main(argv=None):
         deadline = time.monotonic() + 30
         while workload.pending_outbox(databases) and time.monotonic() < deadline:
             time.sleep(0.5)
-        problems = workload.check(Client(0, routes, secret), made, databases)
+        checker = Client(0, routes, secret)
+        checker.shared = shared
+        problems = workload.check(checker, made, databases)
         if workload.pending_outbox(databases):
             problems.append(f"{workload.pending_outbox(databases)} documents still hold unpublished events after 30 s")
 
