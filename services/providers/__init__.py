@@ -1,1 +1,1 @@
-"""The providers service: not built yet (see the open issues)."""
+"""The providers service: agencies, their credit ratings and listings, and recommendations."""

@@ -1,5 +1,4 @@
 """The providers service: entrypoints only; rules are in domain.py, storage in storage.py."""
-import logging
 import uuid
 from datetime import timedelta
 
@@ -17,8 +16,6 @@ from ipvkit.storage import ConcurrentChange
 from services.providers import domain, metrics
 from services.providers import schemas as s
 from services.providers.storage import ProviderStore
-
-log = logging.getLogger(__name__)
 
 NAME = "providers"
 STAFF = ("officer", "auditor")
