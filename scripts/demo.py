@@ -1,8 +1,12 @@
-"""Loads demo data through the public API (so it is validated and evented like any other) and
-prints where to look. Safe to run again: what exists already is left as it is."""
+"""Loads demo data through the public API (so it is validated and evented like any other) and prints
+where to look. Every write carries a fixed Idempotency-Key, so running it again changes nothing.
+
+The story: two qualified enterprises, two patent agencies (one rated A, one rated C, below the line),
+an open 玉环-style programme, a voucher, and one order taken all the way to payment, one left open."""
 import json
 import os
 import sys
+import time
 import urllib.error
 import urllib.request
 
@@ -18,37 +22,116 @@ QUALIFICATIONS = {
     "91310115MA1K3YJ15R": {"tier": "innovative_sme", "level": "provincial", "certificate_no": "沪创新〔2024〕2231",
                            "issuing_authority": "上海市经济和信息化委员会", "valid_from": "2024-06-01", "valid_to": "2027-05-31"},
 }
+GOOD_AGENCY, WEAK_AGENCY = "91331021MA2H1PT0XL", "91110108MA01K9QW3F"
+AGENCIES = [
+    {"credit_code": GOOD_AGENCY, "name": "玉环明诚专利代理事务所", "kind": "patent", "licence_no": "33215",
+     "region": "331021", "service_codes": ["PAT-01", "PAT-02"],
+     "contact": {"person": "陈律", "phone": "0576-87221234", "email": "ip@mingcheng.example"}},
+    {"credit_code": WEAK_AGENCY, "name": "北京速达知识产权代理有限公司", "kind": "both", "licence_no": "11877",
+     "region": "110108", "service_codes": ["PAT-01", "TM-01"],
+     "contact": {"person": "王经理", "phone": "010-62551234"}},
+]
+EVALUATIONS = {
+    GOOD_AGENCY: {"period_from": "2025-01-01", "period_to": "2025-12-31", "bonuses": [{"indicator": "honour"}]},
+    WEAK_AGENCY: {"period_from": "2025-01-01", "period_to": "2025-12-31",
+                  "deductions": [{"indicator": "abnormal_filings", "points": 25},
+                                 {"indicator": "administrative_penalty", "count": 1}]},
+}
+PROGRAMME = {
+    "name": "玉环市知识产权服务券（2026 演示）", "region": "331021", "fund_source": "中小企业发展专项资金",
+    "budget_fen": 50_000_000, "opens_on": "2026-01-01", "closes_on": "2026-12-31", "validity_days": 180,
+    "redemption_model": "agency_redeems",
+    "tiers": [{"tier": "srdi_sme", "face_value_fen": 2_000_000, "annual_cap_fen": 10_000_000},
+              {"tier": "innovative_sme", "face_value_fen": 1_000_000, "annual_cap_fen": 3_000_000}],
+    "catalogue": [
+        {"service_code": "PAT-01", "name": "专利导航分析", "subsidy_ratio_bp": 5000, "item_cap_fen": 1_000_000,
+         "agency_kinds": ["patent"]},
+        {"service_code": "PAT-02", "name": "专利申请代理", "subsidy_ratio_bp": 5000, "item_cap_fen": 500_000,
+         "agency_kinds": ["patent"], "barred_reason": "国知局2021年通知：专利申请代理服务费不得资助"},
+        {"service_code": "TM-01", "name": "商标注册代理", "subsidy_ratio_bp": 10000, "item_cap_fen": 200_000,
+         "agency_kinds": ["trademark"]},
+    ]}
+EVIDENCE = {"contract_ref": "HT-2026-DEMO-1", "invoice_no": "33000261-0001", "payment_proof_ref": "BANK-DEMO-1",
+            "official_no": None, "deliverable_sha256": "5" * 64}
 
 
-def call(base, token, method, path, body=None):
-    request = urllib.request.Request(base + path, method=method, data=json.dumps(body).encode() if body else None,
-                                     headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(request, timeout=10) as response:
-            return response.status, json.load(response)
-    except urllib.error.HTTPError as exc:
-        return exc.code, json.load(exc)
+class Api:
+    def __init__(self, base):
+        self.base, self.secret = base, os.environ["AUTH_SECRET"]
+
+    def __call__(self, role, subject, method, path, body=None, key=None, ok=(200, 201), retry_rules=()):
+        """One call; `key` makes it idempotent. A 422 whose rule is in `retry_rules` is retried for a while:
+        the service has not yet read the event that would allow it (read models are fed asynchronously)."""
+        headers = {"Authorization": f"Bearer {issue_token(self.secret, role, subject)}",
+                   "Content-Type": "application/json"}
+        if key:
+            headers["Idempotency-Key"] = f"demo-{key}"
+        deadline = time.monotonic() + 20
+        while True:
+            status, answer = self._send(method, path, body, headers)
+            if status == 422 and answer.get("rule") in retry_rules and time.monotonic() < deadline:
+                time.sleep(0.5)
+                continue
+            if status not in ok:
+                sys.exit(f"demo data: {method} {path} answered {status} {answer}")
+            return answer
+
+    def _send(self, method, path, body, headers):
+        data = json.dumps(body).encode() if body is not None else None
+        request = urllib.request.Request(self.base + path, method=method, data=data, headers=headers)
+        try:
+            with urllib.request.urlopen(request, timeout=10) as response:
+                return response.status, json.load(response)
+        except urllib.error.HTTPError as exc:
+            return exc.code, json.load(exc)
 
 
 def main(base):
-    officer = issue_token(os.environ["AUTH_SECRET"], "officer", "demo-officer")
+    api = Api(base)
     for enterprise in ENTERPRISES:
-        status, body = call(base, officer, "POST", "/api/v1/enterprises", enterprise)
-        if status not in (201, 409):
-            sys.exit(f"demo data: registering {enterprise['credit_code']} answered {status} {body}")
-        status, body = call(base, officer, "POST", f"/api/v1/enterprises/{enterprise['credit_code']}/qualifications",
-                            QUALIFICATIONS[enterprise["credit_code"]])
-        if status not in (201, 409):
-            sys.exit(f"demo data: qualifying {enterprise['credit_code']} answered {status} {body}")
+        code = enterprise["credit_code"]
+        api("officer", "demo-officer", "POST", "/api/v1/enterprises", enterprise, key=f"ent-{code}", ok=(201, 409))
+        api("officer", "demo-officer", "POST", f"/api/v1/enterprises/{code}/qualifications", QUALIFICATIONS[code],
+            key=f"qual-{code}", ok=(201, 409))
+    for agency in AGENCIES:
+        code = agency["credit_code"]
+        api("officer", "demo-officer", "POST", "/api/v1/agencies", agency, key=f"agency-{code}", ok=(201, 409))
+        api("officer", "demo-officer", "POST", f"/api/v1/agencies/{code}/evaluations", EVALUATIONS[code],
+            key=f"eval-{code}")
+    programme = api("officer", "demo-officer", "POST", "/api/v1/programmes", PROGRAMME, key="programme")
+    pid = programme["programme_id"]
+    api("officer", "demo-officer", "POST", f"/api/v1/programmes/{pid}/open", key="programme-open", ok=(200, 409))
+
+    enterprise = ENTERPRISES[0]["credit_code"]
+    voucher = api("enterprise", enterprise, "POST", "/api/v1/vouchers", {"programme_id": pid}, key="voucher",
+                  retry_rules=("tier_not_held",))
+    vid = voucher["voucher_id"]
+    order = {"voucher_id": vid, "agency_id": GOOD_AGENCY, "service_code": "PAT-01", "price_fen": 1_200_000,
+             "deliver_by": "2026-12-31"}
+    paid = api("enterprise", enterprise, "POST", "/api/v1/orders", order, key="order-paid",
+               retry_rules=("agency_unknown", "agency_not_eligible"))
+    oid = paid["order_id"]
+    api("agency", GOOD_AGENCY, "POST", f"/api/v1/orders/{oid}/deliver", EVIDENCE, key="deliver")
+    api("enterprise", enterprise, "POST", f"/api/v1/orders/{oid}/confirm", key="confirm")
+    claim = api("agency", GOOD_AGENCY, "POST", "/api/v1/claims", {"order_id": oid}, key="claim")
+    api("officer", "demo-officer", "POST", f"/api/v1/claims/{claim['claim_id']}/approve", key="approve")
+    api("officer", "demo-officer", "POST", f"/api/v1/claims/{claim['claim_id']}/pay",
+        {"payment_ref": "GK-2026-DEMO-0001"}, key="pay")
+    open_order = api("enterprise", enterprise, "POST", "/api/v1/orders", dict(order, price_fen=600_000),
+                     key="order-open")
     print(f"""
-IP-service vouchers is running.
-  API base:   {base}/api/v1
-  OpenAPI:    {base}/api/v1/openapi/enterprises.json
-  Metrics:    http://127.0.0.1:8101/metrics   (enterprises service)
+IP-service vouchers is running, with demo data: programme {pid}, voucher {vid} of {enterprise},
+order {oid} paid to agency {GOOD_AGENCY}, order {open_order['order_id']} open.
+
+  API base:   {base}/api/v1   (OpenAPI per service: {base}/api/v1/openapi/<enterprises|providers|vouchers|audit>.json)
+  Metrics:    http://127.0.0.1:8101/metrics .. :8104/metrics   (enterprises, providers, vouchers, audit)
   Logs:       var/run/*.log
 
 Try:
-  curl -H "Authorization: Bearer $(make -s token ROLE=officer SUBJECT=o1)" {base}/api/v1/enterprises
+  T=$(make -s token ROLE=officer SUBJECT=o1)
+  curl -H "Authorization: Bearer $T" {base}/api/v1/programmes/{pid}/balances
+  curl -H "Authorization: Bearer $T" "{base}/api/v1/recommendations?service_code=PAT-01&region=331021"
+  curl -H "Authorization: Bearer $(make -s token ROLE=auditor SUBJECT=a1)" {base}/api/v1/audit/verify
 Stop everything with: make stop
 """)
 
