@@ -44,6 +44,32 @@ def mongo_uri():
     return uri
 
 
+@pytest.fixture(scope="session")
+def consumer_queue_names():
+    from ipvkit.deadletters import consumers
+    return [name + suffix for name, *_ in consumers() for suffix in ("", ".retry", ".dlq")]
+
+
+@pytest.fixture(autouse=True)
+def empty_consumer_queues(request):
+    """Consumer queues are durable and shared by every test on the vhost: events one test published while
+    a service was not running would wait there and reach the next test's fresh database. So every test
+    that touches the broker starts with them empty."""
+    if "amqp_uri" not in request.fixturenames:
+        return
+    with Connection(request.getfixturevalue("amqp_uri")) as conn:
+        for name in request.getfixturevalue("consumer_queue_names"):
+            channel = conn.channel()
+            try:
+                channel.queue_purge(name)
+            except Exception as exc:  # noqa: BLE001 - a queue not declared yet (404) has nothing to purge
+                if getattr(exc, "code", None) != 404:
+                    raise
+            finally:
+                if channel.is_open:
+                    channel.close()
+
+
 @pytest.fixture
 def service_config(amqp_uri, mongo_uri):
     """A fresh database per test, a free HTTP port, the test vhost."""
