@@ -245,9 +245,15 @@ def db_insert(process_no, mongo_uri, seconds, clients):
     return out
 
 
-def fan_out(pool, fn, processes, *args):
-    """fn(process number, *args) in each process; their results."""
-    return [f.get() for f in [pool.apply_async(fn, (i,) + args) for i in range(processes)]]
+def fan_out(fn, processes, *args):
+    """fn(process number, *args) in each of `processes` fresh processes; their results. Spawned, not
+    forked: a fork copies this process's pymongo threads' locks, and a worker could hang on one."""
+    pool = get_context("spawn").Pool(processes)
+    try:
+        return [f.get() for f in [pool.apply_async(fn, (i,) + args) for i in range(processes)]]
+    finally:
+        pool.close()
+        pool.join()
 
 
 def audit_lag(launched):
@@ -330,10 +336,8 @@ def main(argv=None):
                                            "--duration", str(int(args.seconds)), "--output",
                                            str(OUT / f"profile-{p.name}.svg")], stdout=subprocess.DEVNULL,
                                           stderr=subprocess.DEVNULL) for p in launched]
-        with get_context("fork").Pool(args.processes) as pool:
-            started = time.monotonic()
-            results = fan_out(pool, drive, args.processes, args.clients, args.seconds, routes, secret, shared)
-            window = time.monotonic() - started
+        results = fan_out(drive, args.processes, args.clients, args.seconds, routes, secret, shared)
+        window = args.seconds   # each process measures its own window of this length
         for prof in profilers:
             prof.wait()
         samples, errors, made = defaultdict(list), defaultdict(lambda: defaultdict(int)), defaultdict(list)
@@ -354,15 +358,14 @@ def main(argv=None):
                                  "bench.echo_service:EchoService"], dict(os.environ, PYTHONWARNINGS="ignore"),
                         echo_port)
         echo.wait_ready(path="/echo")
-        with get_context("fork").Pool(args.processes) as pool:
-            rpc = [x for part in fan_out(pool, echo_rpc, args.processes, amqp_uri, args.echo_seconds, args.clients)
-                   for x in part]
-            http = [x for part in fan_out(pool, echo_http, args.processes, f"http://127.0.0.1:{echo_port}/echo",
-                                          args.echo_seconds, args.clients) for x in part]
-            mongo.drop_database("ipv_bench_ceiling")
-            inserts = [x for part in fan_out(pool, db_insert, args.processes, os.environ["MONGO_URI"],
-                                             args.echo_seconds, args.clients) for x in part]
-            mongo.drop_database("ipv_bench_ceiling")
+        rpc = [x for part in fan_out(echo_rpc, args.processes, amqp_uri, args.echo_seconds, args.clients)
+               for x in part]
+        http = [x for part in fan_out(echo_http, args.processes, f"http://127.0.0.1:{echo_port}/echo",
+                                      args.echo_seconds, args.clients) for x in part]
+        mongo.drop_database("ipv_bench_ceiling")
+        inserts = [x for part in fan_out(db_insert, args.processes, os.environ["MONGO_URI"], args.echo_seconds,
+                                         args.clients) for x in part]
+        mongo.drop_database("ipv_bench_ceiling")
 
         deadline = time.monotonic() + 30
         while workload.pending_outbox(databases) and time.monotonic() < deadline:
