@@ -2,14 +2,14 @@
 
 Each client keeps pools of the records it made. An operation takes one item from a pool (or
 none), makes a request, and on a 2xx puts what it made into another pool; a client picks, by
-weight, among the operations whose pool has something. So a chain like register → qualify →
-apply → order → deliver → claim → confirm → approve → pay runs as a steady mix once warm.
+weight, among the operations whose pool has something. So the chain register → qualify →
+apply → order → deliver → confirm → claim → approve → pay runs as a steady mix once warm.
 
-To add the vouchers operations when that service lands: write a `run(ctx, item)` for each
-(returning the response and the item to pass on), append an `Op` to OPERATIONS with the pools
-it takes and gives, put one-off set-up (an open programme, agencies) in `setup`, and what must
-hold afterwards (no overspend, conservation) in `check`. `ctx` is a `Client`: `ctx.call(method,
-path, role, subject, json=...)` routes to whichever service serves the path.
+To add an operation: write a `run(ctx, item)` (returning the response and the item to pass on),
+append an `Op` to OPERATIONS with the pools it takes and gives (weights to favour it), put
+one-off set-up in `setup` (its result is `ctx.shared`), and what must hold afterwards in `check`.
+`ctx` is a `Client`: `ctx.call(method, path, role, subject, json=...)` routes to whichever
+service (instance) serves the path.
 """
 import itertools
 from dataclasses import dataclass
