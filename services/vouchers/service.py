@@ -157,6 +157,7 @@ class VouchersService(ServiceBase):
             stored = self.store.change_programme(current, changes, [event], self.clock.now(), budget_delta=delta,
                                                  revision=revision)
             if stored is not None:
+                metrics.set_budget(stored)
                 return programme_view(stored)
         raise Conflict("the programme kept changing; try again")
 
@@ -214,6 +215,7 @@ class VouchersService(ServiceBase):
         if voucher is None:
             raise RuleRefused("annual_cap", f"a {terms['face_value_fen']} fen voucher would take {enterprise_id} over "
                               f"its {terms['annual_cap_fen']} fen cap for {today.year}")
+        metrics.issued(reserved, voucher["face_value_fen"])
         return 201, voucher_view(voucher)
 
     def _complete_issue(self, programme, voucher_id, entry, issue_no):
@@ -277,8 +279,8 @@ class VouchersService(ServiceBase):
                         enterprise_id=voucher["enterprise_id"], returned_fen=voucher["free_fen"],
                         held_fen=voucher["held_fen"])
             event = self._call_event(call, f"voucher.{status}", voucher_id, voucher["seq"] + 1, data)
-            stored = self.store.change_voucher(
-                voucher_id, {"status": "live", "free_fen": voucher["free_fen"]}, [event], self.clock.now(),
+            stored = self._change_voucher(
+                voucher_id, {"status": "live", "free_fen": voucher["free_fen"]}, [event],
                 inc={"free_fen": -voucher["free_fen"], "returned_fen": voucher["free_fen"]}, set_={"status": status})
             if stored is not None:
                 return stored
@@ -338,10 +340,10 @@ class VouchersService(ServiceBase):
             # Balance-limited subsidies guard on the exact balance, so a concurrent release can't
             # leave this order with less than min(ratio, cap, balance at commit).
             balance = amount if amount == voucher["free_fen"] else {"$gte": amount}
-            stored = self.store.change_voucher(
+            stored = self._change_voucher(
                 voucher["_id"], {"status": "live", "valid_to": {"$gte": today.isoformat()}, "free_fen": balance,
                                  f"orders.{order_id}": {"$exists": False}},
-                [event], self.clock.now(), inc={"free_fen": -amount, "held_fen": amount},
+                [event], inc={"free_fen": -amount, "held_fen": amount},
                 set_={f"orders.{order_id}": order}, add={"agencies": body["agency_id"]})
             if stored is not None:
                 return 201, order_view(stored, order_id)
@@ -375,10 +377,17 @@ class VouchersService(ServiceBase):
             voucher, order = self._order(call, order_id)
             guard, inc, set_, events = plan(voucher, order)
             guard = dict(guard, **{f"orders.{order_id}.state": order["state"]})
-            stored = self.store.change_voucher(voucher["_id"], guard, events, self.clock.now(), inc=inc, set_=set_)
+            stored = self._change_voucher(voucher["_id"], guard, events, inc=inc, set_=set_)
             if stored is not None:
                 return stored
         raise Conflict("the order kept changing; try again")
+
+    def _change_voucher(self, voucher_id, guard, events, inc=None, set_=None, add=None):
+        """A guarded voucher write; the gauges move by what it moved (the timer reconciles them)."""
+        stored = self.store.change_voucher(voucher_id, guard, events, self.clock.now(), inc=inc, set_=set_, add=add)
+        if stored is not None:
+            metrics.moved(stored["programme_id"], inc or {}, ended=(set_ or {}).get("status") in ("expired", "revoked"))
+        return stored
 
     def _order_event(self, call, type_, voucher, order_id, order, **data):
         base = {"programme_id": voucher["programme_id"], "voucher_id": voucher["_id"],
@@ -577,7 +586,9 @@ class VouchersService(ServiceBase):
     # -- reconciliation RPC (agreed with the audit service) --------------------------------------
     @rpc
     def programme_balances(self):
-        return [self._balance(p) for p in self.store.programmes(limit=10_000)]
+        programmes = self.store.programmes(limit=10_000)
+        sums, _, _ = self.store.figures(programmes)
+        return [domain.programme_balance(p, sums[p["_id"]]) for p in programmes]
 
     @rpc
     def voucher_balances(self, programme_id, after=None, limit=1000):
@@ -629,10 +640,13 @@ class VouchersService(ServiceBase):
     # -- housekeeping --------------------------------------------------------------------------
     @timer(interval=10)
     def refresh_metrics(self):
-        """From storage, not from this pod's own writes, so every pod reports the same figures."""
-        for programme in self.store.programmes(limit=10_000):
-            metrics.set_programme(self._balance(programme), self.store.live_count(programme["_id"]))
-        metrics.set_claims(self.store.claim_counts())
+        """Reconciles the gauges with storage (each pod's writes move them only by its own writes),
+        so every pod reports the same figures."""
+        programmes = self.store.programmes(limit=10_000)
+        sums, live, claims = self.store.figures(programmes)
+        for programme in programmes:
+            metrics.set_programme(domain.programme_balance(programme, sums[programme["_id"]]), live[programme["_id"]])
+        metrics.set_claims(claims)
 
     @timer(interval=1)
     def relay_outbox(self):

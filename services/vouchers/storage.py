@@ -8,20 +8,20 @@ the money path is built from (no multi-document transactions).
   enterprise's annual cap (idempotent on the voucher id), insert the voucher, clear the entry.
   The service's `_complete_issue` is that whole sequence and is safe to run again from any point:
   the sweeper runs it for entries a crash left behind.
-- FerretDB 1.24 (SQLite) applies an update as read, change, write back without isolation: of 200
-  concurrent `$inc`s on one document 12 survived, and a relay `$pop` can undo a concurrent
-  balance change. Every write here therefore holds a per-document lock in this process
-  (`DocLocks`). MongoDB needs no lock; on FerretDB, run one pod of this service.
+- Every guarded write relies on single-document atomicity, as MongoDB gives it. FerretDB 1.24 lacked
+  it (#3040); the stack runs the patched build (`scripts/ferretdb-atomic-updates.patch`), so any
+  number of pods share one database with no lock in the process.
 """
+import logging
 import uuid
-from contextlib import contextmanager
-
-from eventlet.semaphore import Semaphore
+from datetime import datetime, timezone
 
 from pymongo import ASCENDING, IndexModel, ReturnDocument
 from pymongo.errors import DuplicateKeyError
 
 from ipvkit.storage import LEASE, RETRY_AFTER_FAILURE, MongoStore, Repo
+
+log = logging.getLogger(__name__)
 
 PROGRAMMES, REVISIONS, VOUCHERS, CAPS = "programmes", "programme_revisions", "vouchers", "annual_caps"
 QUALIFICATIONS, AGENCIES = "qualifications", "agencies"
@@ -50,75 +50,86 @@ def order_of_claim(claim_id):
     return "o_" + claim_id[2:]
 
 
-class DocLocks:
-    """One lock per document id, held only while someone waits for it or holds it."""
-
-    def __init__(self):
-        self._locks = {}
-
-    @contextmanager
-    def hold(self, *key):
-        entry = self._locks.setdefault(key, [Semaphore(1), 0])
-        entry[1] += 1
-        try:
-            with entry[0]:
-                yield
-        finally:
-            entry[1] -= 1
-            if entry[1] == 0:
-                del self._locks[key]
-
-
 class VoucherRepo(Repo):
-    def __init__(self, store):
-        super().__init__(store)
-        self.lock = store.locks.hold
+    """The relay differs from ipvkit's because several pods write one document at once and FerretDB
+    serialises every write (1.24 also scans the collection for any filter but `_id`):
+    - the relay lease is its own field (`relay_until`), which writers never touch: exactly one
+      relay publishes a document's outbox at a time, and it loops until the events that writers
+      appended meanwhile are out too, so 50 concurrent orders on one voucher publish 50 events;
+    - after publishing, one write clears the outbox (not one `$pop` per event);
+    - the 1 s sweep retries by `_id` only what this pod failed to publish, and scans the collection
+      for what a crashed pod left behind once per LEASE (its lease holds them that long anyway).
+    """
 
-    def _write(self, collection, guard, update, events, now, flush=True):
+    def _write(self, collection, guard, update, events, now):
         """One guarded update with its events appended to the document's outbox; None when the
         guard no longer matches."""
         update = {k: dict(v) for k, v in update.items() if v}
         if events:
             update.setdefault("$set", {})["outbox_due"] = now
             update["$push"] = {"outbox": {"$each": list(events)}}
-        with self.lock(collection, guard["_id"]):
-            doc = self.db[collection].find_one_and_update(guard, update, return_document=ReturnDocument.AFTER)
-        if doc is not None and flush and events:
+        doc = self.db[collection].find_one_and_update(guard, update, return_document=ReturnDocument.AFTER)
+        if doc is not None and events:
             self.flush_outbox(collection, doc["_id"], now)
         return doc
 
+    def insert_aggregate(self, collection, doc, events, now):
+        doc = dict(doc, seq=len(events), outbox=list(events), outbox_due=now)
+        self.db[collection].insert_one(doc)
+        self.flush_outbox(collection, doc["_id"], now)
+        return doc
+
     def flush_outbox(self, collection, doc_id, now):
-        with self.lock(collection, doc_id):  # the relay's lease and pops are writes too
-            return super().flush_outbox(collection, doc_id, now)
+        """Publishes one document's pending events now. Never raises: what it cannot publish is
+        retried by the next 1 s sweep."""
+        try:
+            return self._relay_one(collection, doc_id, now)
+        except Exception:
+            log.exception("outbox flush of %s/%s failed; the sweep will retry", collection, doc_id)
+            self.store.unflushed[(collection, doc_id)] = now + RETRY_AFTER_FAILURE
+            return 0
 
     def _relay_one(self, collection, doc_id, now):
-        """ipvkit's relay, with one write instead of one per event after publishing: FerretDB
-        writes cost 20-80 ms and every order publishes. A crash before that write republishes
-        the batch (consumers are idempotent); if events arrived meanwhile, the event-by-event
-        pops of ipvkit finish the job."""
-        coll = self.db[collection]
-        doc = coll.find_one_and_update({"_id": doc_id, "outbox_due": {"$lte": now}},
-                                       {"$set": {"outbox_due": now + LEASE}})
-        if doc is None:
-            return 0
-        events = doc.get("outbox", [])
-        if not events:
-            coll.update_one({"_id": doc_id, "outbox": {"$size": 0}}, {"$unset": {"outbox_due": ""}})
-            return 0
-        try:
-            for event in events:
-                self._publish(event)
-        except Exception:
-            coll.update_one({"_id": doc_id}, {"$set": {"outbox_due": now + RETRY_AFTER_FAILURE}})
-            raise
-        cleared = coll.update_one(
-            {"_id": doc_id, "outbox": {"$size": len(events)}, "outbox.0.event_id": events[0]["event_id"]},
-            {"$set": {"outbox": []}, "$unset": {"outbox_due": ""}})
-        if not cleared.modified_count:
+        """Publishes the document's outbox under the lease, then clears it in one write. A crash
+        before that write republishes the batch (consumers are idempotent). Events appended
+        meanwhile are popped event by event and the loop publishes what is left: their writers
+        found the lease taken and left them to this relay."""
+        coll, sent = self.db[collection], 0
+        free = {"$or": [{"relay_until": None}, {"relay_until": {"$lt": now}}]}
+        guard = dict(free, _id=doc_id, outbox_due={"$lte": now})  # only the first turn waits for the due time
+        while True:
+            doc = coll.find_one_and_update(guard, {"$set": {"relay_until": now + LEASE}})
+            if doc is None:  # nothing due, or another relay holds the lease
+                return sent
+            events = doc.get("outbox", [])
+            try:
+                for event in events:
+                    self._publish(event)
+            except Exception:
+                coll.update_one({"_id": doc_id}, {"$set": {"outbox_due": now + RETRY_AFTER_FAILURE},
+                                                  "$unset": {"relay_until": ""}})
+                raise
+            sent += len(events)
+            cleared = coll.update_one({"_id": doc_id, "outbox": {"$size": len(events)}},
+                                      {"$set": {"outbox": []}, "$unset": {"outbox_due": "", "relay_until": ""}})
+            if cleared.modified_count:
+                return sent
             for event in events:
                 coll.update_one({"_id": doc_id, "outbox.0.event_id": event["event_id"]}, {"$pop": {"outbox": -1}})
-            coll.update_one({"_id": doc_id, "outbox": {"$size": 0}}, {"$unset": {"outbox_due": ""}})
-        return len(events)
+            coll.update_one({"_id": doc_id}, {"$unset": {"relay_until": ""}})
+            guard = dict(free, _id=doc_id)
+
+    def relay_due(self, now, batch=200):
+        """The 1 s sweep: this pod's failed flushes by `_id`, and a collection scan once per LEASE."""
+        unflushed = self.store.unflushed
+        retry = [key for key, at in unflushed.items() if at <= now]
+        for key in retry:
+            del unflushed[key]  # a failure puts it back
+        sent = sum(self.flush_outbox(collection, doc_id, now) for collection, doc_id in retry)
+        if now >= self.store.next_scan:
+            self.store.next_scan = now + LEASE
+            sent += super().relay_due(now, batch)
+        return sent
 
     # -- programmes ----------------------------------------------------------------------------
     def create_programme(self, doc, revision, event, now):
@@ -161,21 +172,16 @@ class VoucherRepo(Repo):
         """Budget decrement and the pending entry in one write; None if closed, outside its window
         or short of budget. The returned document's `issue_no` numbers this reservation."""
         face = pending["face_value_fen"]
-        with self.lock(PROGRAMMES, programme_id):
-            return self.db[PROGRAMMES].find_one_and_update(
-                {"_id": programme_id, "status": "open", "opens_on": {"$lte": today_iso},
-                 "closes_on": {"$gte": today_iso}, "remaining_fen": {"$gte": face}},
-                {"$inc": {"remaining_fen": -face, "issued_fen": face, "issue_no": 1},
-                 "$set": {f"pending.{voucher_id}": pending}},
-                return_document=ReturnDocument.AFTER)
+        return self.db[PROGRAMMES].find_one_and_update(
+            {"_id": programme_id, "status": "open", "opens_on": {"$lte": today_iso},
+             "closes_on": {"$gte": today_iso}, "remaining_fen": {"$gte": face}},
+            {"$inc": {"remaining_fen": -face, "issued_fen": face, "issue_no": 1},
+             "$set": {f"pending.{voucher_id}": pending}},
+            return_document=ReturnDocument.AFTER)
 
     def take_cap(self, key, voucher_id, face, cap):
         """Adds `face` to the enterprise's issued total for the year unless that passes `cap`.
         Idempotent on the voucher id, so finishing a reservation twice counts it once."""
-        with self.lock(CAPS, key):
-            return self._take_cap(key, voucher_id, face, cap)
-
-    def _take_cap(self, key, voucher_id, face, cap):
         caps = self.db[CAPS]
         for _ in range(3):
             try:
@@ -189,10 +195,9 @@ class VoucherRepo(Repo):
         raise RuntimeError(f"annual cap counter {key} could not be written")
 
     def undo_reservation(self, programme_id, voucher_id, face):
-        with self.lock(PROGRAMMES, programme_id):
-            self.db[PROGRAMMES].update_one(
-                {"_id": programme_id, f"pending.{voucher_id}": {"$exists": True}},
-                {"$inc": {"remaining_fen": face, "issued_fen": -face}, "$unset": {f"pending.{voucher_id}": ""}})
+        self.db[PROGRAMMES].update_one(
+            {"_id": programme_id, f"pending.{voucher_id}": {"$exists": True}},
+            {"$inc": {"remaining_fen": face, "issued_fen": -face}, "$unset": {f"pending.{voucher_id}": ""}})
 
     def insert_voucher(self, doc, event, now):
         try:
@@ -201,8 +206,7 @@ class VoucherRepo(Repo):
             return self.voucher(doc["_id"])
 
     def settle_reservation(self, programme_id, voucher_id):
-        with self.lock(PROGRAMMES, programme_id):
-            self.db[PROGRAMMES].update_one({"_id": programme_id}, {"$unset": {f"pending.{voucher_id}": ""}})
+        self.db[PROGRAMMES].update_one({"_id": programme_id}, {"$unset": {f"pending.{voucher_id}": ""}})
 
     def stale_reservations(self, before):
         """(programme, voucher id, entry) for every reservation older than `before`."""
@@ -243,23 +247,31 @@ class VoucherRepo(Repo):
                 sums[name] += doc[name]
         return sums
 
-    def claim_counts(self):
-        counts = {}
-        for state in ("submitted", "approved"):
-            field = f"claims_{state}"
-            counts[state] = sum(d[field] for d in self.db[VOUCHERS].find({field: {"$gt": 0}}, {field: 1}))
-        return counts
-
-    def live_count(self, programme_id):
-        # count_documents, not {$sum: 1}: FerretDB 1.24 sums a literal 1 to 0 in $group.
-        return self.db[VOUCHERS].count_documents({"programme_id": programme_id, "status": "live"})
+    def figures(self, programmes):
+        """Everything the gauges show, in one pass over the vouchers (FerretDB 1.24 scans for any
+        filter, so one scan instead of one per programme and figure): per programme the bucket sums
+        up to its `issue_no` (as `voucher_sums`) and its live vouchers, and pending claims by state."""
+        sums = {p["_id"]: dict.fromkeys(SUMMED, 0) for p in programmes}
+        issue_no = {p["_id"]: p["issue_no"] for p in programmes}
+        live, claims = dict.fromkeys(sums, 0), {"submitted": 0, "approved": 0}
+        fields = dict.fromkeys(SUMMED + ("programme_id", "issue_no", "status", "claims_submitted", "claims_approved"), 1)
+        for doc in self.db[VOUCHERS].find({}, fields):
+            pid = doc["programme_id"]
+            if pid not in sums:  # created after the programmes were read
+                continue
+            if doc["issue_no"] <= issue_no[pid]:
+                for name in SUMMED:
+                    sums[pid][name] += doc[name]
+            live[pid] += doc["status"] == "live"
+            for state in claims:
+                claims[state] += doc[f"claims_{state}"]
+        return sums, live, claims
 
     # -- read models fed by events -------------------------------------------------------------
     def apply_qualification(self, qualification_id, fields_, sequence):
         """Commutative: the granted facts and a revocation date are each set once, in any order."""
-        with self.lock(QUALIFICATIONS, qualification_id):
-            self.db[QUALIFICATIONS].update_one({"_id": qualification_id},
-                                               {"$set": fields_, "$max": {"seq": sequence}}, upsert=True)
+        self.db[QUALIFICATIONS].update_one({"_id": qualification_id},
+                                           {"$set": fields_, "$max": {"seq": sequence}}, upsert=True)
 
     def qualifications(self, enterprise_id):
         return list(self.db[QUALIFICATIONS].find({"enterprise_id": enterprise_id}))
@@ -269,10 +281,9 @@ class VoucherRepo(Repo):
         event is newer than the last one applied to that group: late and repeated events are no-ops."""
         seq = f"{group}_seq"
         try:
-            with self.lock(AGENCIES, agency_id):
-                self.db[AGENCIES].update_one(
-                    {"_id": agency_id, "$or": [{seq: {"$lt": sequence}}, {seq: {"$exists": False}}]},
-                    {"$set": dict(fields_, **{seq: sequence})}, upsert=True)
+            self.db[AGENCIES].update_one(
+                {"_id": agency_id, "$or": [{seq: {"$lt": sequence}}, {seq: {"$exists": False}}]},
+                {"$set": dict(fields_, **{seq: sequence})}, upsert=True)
             return True
         except DuplicateKeyError:  # the document exists with a newer event for this group
             return False
@@ -305,4 +316,5 @@ class VoucherStore(MongoStore):
     def setup(self):
         super().setup()
         self.revisions = {}
-        self.locks = DocLocks()
+        self.unflushed = {}  # (collection, _id) whose flush failed in this pod: when to retry
+        self.next_scan = datetime.min.replace(tzinfo=timezone.utc)
