@@ -8,9 +8,9 @@ CACHE=${IPV_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/ipv-vouchers}
 VENV=${IPV_VENV:-$ROOT/.venv}
 
 FERRETDB_VERSION=v1.24.2
-# The binary carries our patch (scripts/ferretdb-atomic-updates.patch); its hash names the binary so a
+# The binary carries our patch (scripts/ferretdb-$FERRETDB_VERSION.patch); its hash names the binary so a
 # changed patch rebuilds it.
-FERRETDB_PATCH=$ROOT/scripts/ferretdb-atomic-updates.patch
+FERRETDB_PATCH=$ROOT/scripts/ferretdb-$FERRETDB_VERSION.patch
 FERRETDB_BIN=$CACHE/bin/ferretdb-$FERRETDB_VERSION-$(sha256sum "$FERRETDB_PATCH" | cut -c1-8)
 # Project-specific ports so a developer's own RabbitMQ/MongoDB on the default ports is left alone.
 AMQP_PORT=${IPV_AMQP_PORT:-5673}

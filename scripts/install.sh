@@ -33,8 +33,8 @@ if [ -z "${MONGO_URI:-}" ] && [ ! -x "$FERRETDB_BIN" ]; then
   build=$(mktemp -d)
   cp -r "$src/." "$build/" && chmod -R u+w "$build"
   echo "$FERRETDB_VERSION" >"$build/build/version/version.txt"
-  # Guarded single-document updates must be atomic (the whole money path rests on it); 1.24's SQLite
-  # handler reads and writes back without isolation (FerretDB #3040), so serialise those commands.
+  # Atomic guarded updates (the money path rests on them) and _id lookups that use the _id index: the
+  # patch's header says why.
   (cd "$build" && git apply "$FERRETDB_PATCH") || die "could not apply $FERRETDB_PATCH to FerretDB $FERRETDB_VERSION"
   (cd "$build" && go build -o "$FERRETDB_BIN.tmp" ./cmd/ferretdb) || die "building FerretDB failed"
   mv "$FERRETDB_BIN.tmp" "$FERRETDB_BIN"

@@ -1,6 +1,6 @@
 """The money path rests on one promise of the database: a single-document update guarded by its filter
 is atomic. MongoDB keeps it; FerretDB 1.24 on SQLite does not unless built with
-scripts/ferretdb-atomic-updates.patch (its update reads and writes back without isolation, #3040)."""
+scripts/ferretdb-v1.24.2.patch (its update reads and writes back without isolation, #3040)."""
 import threading
 import uuid
 
