@@ -280,7 +280,7 @@ class VouchersService(ServiceBase):
                         held_fen=voucher["held_fen"])
             event = self._call_event(call, f"voucher.{status}", voucher_id, voucher["seq"] + 1, data)
             stored = self._change_voucher(
-                voucher_id, {"status": "live", "free_fen": voucher["free_fen"]}, [event],
+                voucher, {"status": "live", "free_fen": voucher["free_fen"]}, [event],
                 inc={"free_fen": -voucher["free_fen"], "returned_fen": voucher["free_fen"]}, set_={"status": status})
             if stored is not None:
                 return stored
@@ -341,7 +341,7 @@ class VouchersService(ServiceBase):
             # leave this order with less than min(ratio, cap, balance at commit).
             balance = amount if amount == voucher["free_fen"] else {"$gte": amount}
             stored = self._change_voucher(
-                voucher["_id"], {"status": "live", "valid_to": {"$gte": today.isoformat()}, "free_fen": balance,
+                voucher, {"status": "live", "valid_to": {"$gte": today.isoformat()}, "free_fen": balance,
                                  f"orders.{order_id}": {"$exists": False}},
                 [event], inc={"free_fen": -amount, "held_fen": amount},
                 set_={f"orders.{order_id}": order}, add={"agencies": body["agency_id"]})
@@ -377,14 +377,14 @@ class VouchersService(ServiceBase):
             voucher, order = self._order(call, order_id)
             guard, inc, set_, events = plan(voucher, order)
             guard = dict(guard, **{f"orders.{order_id}.state": order["state"]})
-            stored = self._change_voucher(voucher["_id"], guard, events, inc=inc, set_=set_)
+            stored = self._change_voucher(voucher, guard, events, inc=inc, set_=set_)
             if stored is not None:
                 return stored
         raise Conflict("the order kept changing; try again")
 
-    def _change_voucher(self, voucher_id, guard, events, inc=None, set_=None, add=None):
-        """A guarded voucher write; the gauges move by what it moved (the timer reconciles them)."""
-        stored = self.store.change_voucher(voucher_id, guard, events, self.clock.now(), inc=inc, set_=set_, add=add)
+    def _change_voucher(self, voucher, guard, events, inc=None, set_=None, add=None):
+        """A guarded write of `voucher` as read; the gauges move by what it moved (the timer reconciles them)."""
+        stored = self.store.change_voucher(voucher, guard, events, self.clock.now(), inc=inc, set_=set_, add=add)
         if stored is not None:
             metrics.moved(stored["programme_id"], inc or {}, ended=(set_ or {}).get("status") in ("expired", "revoked"))
         return stored

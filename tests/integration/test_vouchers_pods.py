@@ -81,7 +81,7 @@ def test_events_a_pod_left_when_it_died_after_the_write_are_published_by_the_oth
     a, b = pods
     tap = event_tap("vouchers", "order.placed")
     vid = a.voucher(a.world())["voucher_id"]
-    monkeypatch.setattr(storage.VoucherRepo, "flush_outbox", lambda *args: 0)   # a dies before publishing
+    monkeypatch.setattr(storage.VoucherRepo, "flush_outbox", lambda *a, **kw: 0)   # a dies before publishing
     oid = a.order(vid).json()["order_id"]
     monkeypatch.undo()
     a.clock.advance(seconds=31)                                       # b's collection scan runs once per lease
