@@ -3,6 +3,7 @@
     python -m ipvkit.deadletters list                 every consumer's DLQ with its count
     python -m ipvkit.deadletters list QUEUE [-n 20]   the dead letters of one queue, oldest first
     python -m ipvkit.deadletters replay QUEUE --id EVENT_ID | --all
+    python -m ipvkit.deadletters replay ipv.unrouted --all   events published before their consumers existed
 
 QUEUE is a consumer's queue (`enterprises.on_agency_standing`) or its DLQ (`….dlq`). The consumers are
 found in the code: every `EventConsumer` entrypoint of every `services/*/service.py` `SERVICE`.
@@ -26,7 +27,7 @@ from kombu import Connection
 from nameko.amqp.publish import Publisher, UndeliverableMessage
 from nameko.extensions import ENTRYPOINT_EXTENSIONS_ATTR
 
-from ipvkit.amqp import UNROUTED_QUEUE
+from ipvkit.amqp import UNROUTED_QUEUE, events_exchange
 from ipvkit.consumer import REASON_HEADER, RETRY_HEADER, EventConsumer
 
 SERVICES_DIR = Path(__file__).resolve().parent.parent / "services"
@@ -88,6 +89,7 @@ def describe(message):
         event = json.loads(body)
         if isinstance(event, dict):
             info["event_id"], info["type"] = event.get("event_id"), event.get("type")
+            info["producer"] = event.get("producer")
     except ValueError:
         pass  # malformed: the first bytes say what it was
     return info
@@ -126,40 +128,57 @@ class _Message:
 
 
 def replay(amqp_uri, queue, event_id=None, everything=False):
-    """Moves matching dead letters back to the work queue. Returns (replayed, how many of those
-    present at the start stay in the DLQ)."""
+    """Moves matching dead letters back to the work queue, or, for `ipv.unrouted`, events published
+    before any queue was bound for them back to their producer's exchange (consumers apply an event
+    once, so one that already reached them is skipped). Returns (replayed, how many of those present
+    at the start were left)."""
     if not everything and not event_id:
         raise ValueError("say which: an event id, or everything")
-    work = work_queue_name(queue)
-    dlq = work + ".dlq"
     publisher = Publisher(amqp_uri, use_confirms=True, mandatory=True)
     with Connection(amqp_uri) as conn:
-        if queue_depth(conn, work) is None:
-            raise LookupError(f"no work queue {work}: start its service once, then replay")
-        depth = queue_depth(conn, dlq)
+        if queue == UNROUTED_QUEUE.name:
+            source = queue
+
+            def target(info):
+                producer, type_ = info.get("producer"), info.get("type")
+                if not producer or not type_:
+                    return None  # not an event: nothing to route by; it stays
+                return events_exchange(producer).name, type_
+        else:
+            work = work_queue_name(queue)
+            source = work + ".dlq"
+            if queue_depth(conn, work) is None:
+                raise LookupError(f"no work queue {work}: start its service once, then replay")
+
+            def target(info):
+                return "", work
+        depth = queue_depth(conn, source)
         if depth is None:
-            raise LookupError(f"no queue {dlq} on this broker")
+            raise LookupError(f"no queue {source} on this broker")
         channel = conn.channel()
         replayed = 0
         try:
             for _ in range(depth):  # only what was there at the start: a poison comes straight back
-                raw = channel.basic_get(dlq, no_ack=False)
+                raw = channel.basic_get(source, no_ack=False)
                 if raw is None:
                     break
                 message = _Message(raw)
-                if not everything and describe(message)["event_id"] != event_id:
+                info = describe(message)
+                route = target(info)
+                if route is None or (not everything and info["event_id"] != event_id):
                     continue  # not acknowledged: it goes back when the channel closes
                 headers = {k: v for k, v in message.headers.items() if k not in DEAD_HEADERS}
                 headers[REPLAYS_HEADER] = int(message.headers.get(REPLAYS_HEADER, 0)) + 1
-                # Raises unless the broker confirmed it into the work queue; the dead letter is
-                # then left where it is.
-                publisher.publish(message.body, exchange="", routing_key=work, headers=headers,
+                # Raises unless the broker confirmed it; the message is then left where it is. An
+                # unrouted event still without a queue comes back to ipv.unrouted through the
+                # exchange's alternate exchange, so it is kept.
+                publisher.publish(message.body, exchange=route[0], routing_key=route[1], headers=headers,
                                   serializer=None, content_type=message.content_type or "application/json",
                                   content_encoding=message.content_encoding or "utf-8")
                 channel.basic_ack(message.delivery_tag)
                 replayed += 1
         except UndeliverableMessage:
-            raise LookupError(f"the broker could not route to {work}; nothing more was replayed")
+            raise LookupError(f"the broker could not route a message from {source}; nothing more was replayed")
         finally:
             channel.close()
         # Not a new count: a replayed poison may already be back, and it is not "left".
@@ -220,7 +239,10 @@ def main(argv=None, out=sys.stdout):
                 print(f"no dead letter with event id {args.event_id} in {work_queue_name(args.queue)}.dlq",
                       file=out)
                 return 1
-            print(f"replayed {done} to {work_queue_name(args.queue)}; {left} others left in the DLQ", file=out)
+            if args.queue == UNROUTED_QUEUE.name:
+                print(f"replayed {done} to their producers' exchanges; {left} others left in {args.queue}", file=out)
+            else:
+                print(f"replayed {done} to {work_queue_name(args.queue)}; {left} others left in the DLQ", file=out)
     except LookupError as exc:
         print(f"error: {exc.args[0]}", file=out)
         return 1

@@ -1,12 +1,13 @@
 """Ops list and replay dead letters (`python -m ipvkit.deadletters`), over the real broker."""
 import io
+import json
 from datetime import datetime, timezone
 
 import eventlet
 import pytest
-from kombu import Connection
+from kombu import Connection, Queue
 
-from ipvkit.amqp import events_exchange
+from ipvkit.amqp import UNROUTED_QUEUE, events_exchange
 from ipvkit.deadletters import main, queue_depth
 from ipvkit.events import new_event
 from tests.conftest import dumps, publish_raw
@@ -108,3 +109,31 @@ def test_replay_all_starts_retries_afresh_and_a_poison_just_comes_back(start_ser
     assert back.body == b"\xff\xfe not utf-8"
     assert back.headers["x-ipv-replays"] == 1
     assert back.headers["x-ipv-dead-reason"].startswith("malformed: not UTF-8")
+
+
+def test_an_event_published_before_its_consumer_existed_is_kept_and_replayed_to_it(amqp_uri):
+    # A producer nobody listens to yet (audit binds `#` on the real ones), as when events are published
+    # before a new service first declares its queue.
+    exchange = events_exchange("newcomer")
+    awaited, orphan = (dict(rating_event(credit_code()), producer="newcomer", type=t)
+                       for t in ("newcomer.late_one", "newcomer.late_two"))
+    with Connection(amqp_uri) as conn:
+        UNROUTED_QUEUE(conn.default_channel).declare()
+        before = queue_depth(conn, "ipv.unrouted")
+        for event in (awaited, orphan):
+            publish_raw(amqp_uri, exchange, event["type"], dumps(event))
+        wait_depth(amqp_uri, "ipv.unrouted", before + 2)
+        late = Queue(f"test-late-{awaited['event_id'][:8]}", exchange=exchange, routing_key=awaited["type"],
+                     auto_delete=True)
+        late(conn.default_channel).declare()                                       # the consumer arrives
+
+        code, said = cli(amqp_uri, "replay", "ipv.unrouted", "--id", awaited["event_id"])
+        assert code == 0 and said.startswith("replayed 1 to their producers' exchanges"), said
+        with eventlet.Timeout(10):
+            while (message := late(conn.default_channel).get(no_ack=True)) is None:
+                eventlet.sleep(0.05)
+        assert json.loads(message.body)["event_id"] == awaited["event_id"]
+        # The other still has no consumer: replaying everything keeps it in ipv.unrouted.
+        assert cli(amqp_uri, "replay", "ipv.unrouted", "--all")[0] == 0
+        kept = [json.loads(m.body) for m in drain(amqp_uri, "ipv.unrouted")]
+        assert [e["event_id"] for e in kept if e.get("type") == "newcomer.late_two"] == [orphan["event_id"]]
