@@ -255,7 +255,10 @@ class ApiHandler(HttpRequestHandler):
         try:
             response = self._run(call)
         except ApiError as exc:
-            response = error_response(exc)
+            # A refused request changed nothing, so there is no effect to protect: the key is freed and
+            # a retry is judged afresh (once the record it needed exists, say).
+            keys.delete_one({"_id": record_id, "state": "pending"})
+            return error_response(exc)
         except Exception:
             keys.delete_one({"_id": record_id, "state": "pending"})
             raise

@@ -122,9 +122,11 @@ def test_an_event_published_before_its_consumer_existed_is_kept_and_replayed_to_
         before = queue_depth(conn, "ipv.unrouted")
         for event in (awaited, orphan):
             publish_raw(amqp_uri, exchange, event["type"], dumps(event))
-        wait_depth(amqp_uri, "ipv.unrouted", before + 2)
+        with eventlet.Timeout(10):
+            while queue_depth(conn, "ipv.unrouted") < before + 2:
+                eventlet.sleep(0.05)
         late = Queue(f"test-late-{awaited['event_id'][:8]}", exchange=exchange, routing_key=awaited["type"],
-                     auto_delete=True)
+                     exclusive=True)  # gone with this connection, so a later run's event is unrouted again
         late(conn.default_channel).declare()                                       # the consumer arrives
 
         code, said = cli(amqp_uri, "replay", "ipv.unrouted", "--id", awaited["event_id"])

@@ -143,6 +143,19 @@ def test_idempotency_key_replays_the_first_result(api, event_tap):
     assert len(tap.drain(1.5)) == 1  # one registration, one event
 
 
+def test_a_refused_request_changed_nothing_so_its_key_can_be_retried_once_the_rule_passes(api):
+    # A client retrying with the same key, e.g. while the record it needs is still being created.
+    key = {"Idempotency-Key": uuid.uuid4().hex}
+    path = f"/api/v1/enterprises/{CODE}/qualifications"
+    assert api("POST", path, json=QUALIFICATION, headers=dict(key)).status_code == 404
+    register(api)
+    granted = api("POST", path, json=QUALIFICATION, headers=dict(key))
+    assert granted.status_code == 201 and "Idempotent-Replayed" not in granted.headers
+    again = api("POST", path, json=QUALIFICATION, headers=dict(key))
+    assert again.status_code == 201 and again.headers["Idempotent-Replayed"] == "true"
+    assert again.json() == granted.json()
+
+
 def test_qualification_rules_and_revocation(api, event_tap):
     register(api)
     refused = api("POST", f"/api/v1/enterprises/{CODE}/qualifications", json=dict(QUALIFICATION, tier="little_giant"))
