@@ -1,7 +1,7 @@
 """Loads demo data through the public API (so it is validated and evented like any other) and prints
 where to look. Every write carries a fixed Idempotency-Key, so running it again changes nothing.
 
-The story: two qualified enterprises, two patent agencies (one rated A, one rated C, below the line),
+The story: two qualified enterprises, two agencies (one rated A+ by a bonus, one C, below the line),
 an open 玉环-style programme, a voucher, and one order taken all the way to payment, one left open."""
 import json
 import os
