@@ -110,8 +110,8 @@ def _alive(pid):
 class ServiceProcess:
     """One service as `nameko run` runs it (scripts/services.sh), on the private stack."""
 
-    def __init__(self, stack, name, db=None):
-        self.stack, self.name = stack, name
+    def __init__(self, stack, name, db=None, env=None):
+        self.stack, self.name, self.extra_env = stack, name, env or {}
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         self.db = db or f"faults_{name}_{uuid.uuid4().hex[:8]}"
@@ -122,7 +122,7 @@ class ServiceProcess:
         upper = self.name.upper()
         env = dict(self.stack.env, AMQP_URI=self.stack.amqp_uri, MONGO_URI=self.stack.mongo_uri,
                    AUTH_SECRET=self.secret, PYTHONWARNINGS="ignore",
-                   **{f"{upper}_HTTP": f"127.0.0.1:{self.port}", f"{upper}_DB": self.db})
+                   **{f"{upper}_HTTP": f"127.0.0.1:{self.port}", f"{upper}_DB": self.db}, **self.extra_env)
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(
                 [str(ROOT / ".venv" / "bin" / "nameko"), "run", "--config", f"services/{self.name}/config.yaml",
@@ -198,6 +198,20 @@ class Workload:
         self.stop_file.touch()
         assert self.proc.wait(timeout) == 0, "the workload driver failed"
         return [json.loads(line) for line in self.out.read_text().splitlines()]
+
+
+class MoneyWorkload(Workload):
+    """tests/faults/money_workload.py in its own process: each client walks its enterprises
+    through apply, order, deliver, confirm, claim, approve, pay (`plan`: see that module)."""
+
+    def __init__(self, service, plan, at_most=40):
+        name = f"money-{uuid.uuid4().hex[:6]}"
+        self.out, self.stop_file = service.stack.var / f"{name}.jsonl", service.stack.var / f"{name}.stop"
+        plan_file = service.stack.var / f"{name}.plan.json"
+        plan_file.write_text(json.dumps(dict(plan, base=service.base)))
+        self.proc = subprocess.Popen(
+            [PY, "-m", "tests.faults.money_workload", str(plan_file), str(self.out), "--seconds", str(at_most),
+             "--stop-file", str(self.stop_file)], cwd=ROOT, env=dict(os.environ, AUTH_SECRET=service.secret))
 
 
 def registration_problems(results, docs, tapped):
