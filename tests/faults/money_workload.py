@@ -86,7 +86,7 @@ def main():
                 agency_id = plan["agencies"][(number + n) % len(plan["agencies"])]
                 made = None
                 for op, token, method, url, body, answer_key in chain(plan, secret, enterprise_id, agency_id):
-                    if made is not None and stopping():
+                    if op != "apply" and stopping():
                         return   # the chain stops part-way; what was done must still add up
                     issued = time.time()
                     status, seen, answer = send(session, method, url(made), body(made), f"f-{op}-{enterprise_id}",

@@ -95,7 +95,8 @@ class Money:
         return response.json()
 
     def plan(self):
-        return {"programme_id": self.programme_id, "agencies": AGENCIES, "enterprises": self.enterprises[next(self.slices)]}
+        return {"programme_id": self.programme_id, "agencies": AGENCIES,
+                "enterprises": self.enterprises[next(self.slices)]}
 
     def stop(self):
         for service in (self.vouchers, self.audit):
