@@ -85,6 +85,15 @@ class Call:
     query: dict = field(default_factory=dict)
     path: dict = field(default_factory=dict)
     correlation_id: str = None
+    idempotency_key: str = None  # role:subject:key when the request carries an Idempotency-Key
+
+    def stable_hex(self, digits):
+        """Hex digits for a new record's id: the same on every run of this request under one
+        Idempotency-Key, so a run that takes over after a crash makes the same ids and finds what the
+        first run did instead of doing it twice; random without a key."""
+        if self.idempotency_key is None:
+            return uuid.uuid4().hex[:digits]
+        return hashlib.sha256(self.idempotency_key.encode()).hexdigest()[:digits]
 
 
 def find_store(container):
@@ -238,6 +247,7 @@ class ApiHandler(HttpRequestHandler):
         now = self.clock.now()
         fingerprint = hashlib.sha256(b"%s %s\n%s" % (self.method.encode(), request.path.encode(), raw)).hexdigest()
         record_id = f"{call.principal.role}:{call.principal.id}:{key}"
+        call.idempotency_key = record_id
         try:
             keys.insert_one({"_id": record_id, "fingerprint": fingerprint, "state": "pending", "created_at": now})
         except DuplicateKeyError:

@@ -201,7 +201,11 @@ class VouchersService(ServiceBase):
         terms = domain.choose_tier(programme["tiers"], self.store.qualifications(enterprise_id), today,
                                    call.body.get("tier"))
         valid_from, valid_to = domain.validity(today, programme["validity_days"])
-        voucher_id = new_id("v")
+        voucher_id = new_id("v", call.stable_hex(20))
+        done = self.store.voucher(voucher_id)
+        if done is not None:  # an earlier run of this request (crashed before answering) issued it
+            self.store.settle_reservation(done["programme_id"], voucher_id)
+            return 201, voucher_view(done)
         entry = {"enterprise_id": enterprise_id, "tier": terms["tier"], "face_value_fen": terms["face_value_fen"],
                  "annual_cap_fen": terms["annual_cap_fen"], "year": today.year, "revision_id": programme["revision_id"],
                  "redemption_model": programme["redemption_model"], "valid_from": valid_from.isoformat(),
@@ -209,8 +213,20 @@ class VouchersService(ServiceBase):
                  "actor": call.principal.as_actor(), "correlation_id": call.correlation_id}
         reserved = self.store.reserve(programme["_id"], voucher_id, entry, today.isoformat())
         if reserved is None:
-            domain.check_window(self._programme(programme["_id"]), today)
-            raise RuleRefused("budget_exhausted", f"the programme has less than {terms['face_value_fen']} fen left")
+            programme = self._programme(programme["_id"])
+            earlier = (programme.get("pending") or {}).get(voucher_id)
+            if earlier is not None:  # an earlier run of this request reserved, then crashed: finish it
+                voucher = self._complete_issue(programme, voucher_id, earlier, programme["issue_no"])
+            elif (voucher := self.store.voucher(voucher_id)) is None:
+                domain.check_window(programme, today)
+                raise RuleRefused("budget_exhausted", f"the programme has less than {terms['face_value_fen']} fen left")
+            if voucher is None:
+                raise RuleRefused("annual_cap", f"a voucher would take {enterprise_id} over its cap for {today.year}")
+            return 201, voucher_view(voucher)
+        if self.store.voucher(voucher_id) is not None:
+            # The sweeper finished an earlier run's reservation between our check and ours: give ours back.
+            self.store.undo_reservation(programme["_id"], voucher_id, entry["face_value_fen"])
+            return 201, voucher_view(self.store.voucher(voucher_id))
         voucher = self._complete_issue(reserved, voucher_id, entry, reserved["issue_no"])
         if voucher is None:
             raise RuleRefused("annual_cap", f"a {terms['face_value_fen']} fen voucher would take {enterprise_id} over "
@@ -311,11 +327,13 @@ class VouchersService(ServiceBase):
         if body["deliver_by"] < today:
             raise BadRequest("invalid body", fields={"deliver_by": ["must not be in the past"]})
         agency = self.store.agency(body["agency_id"])
-        order_id = order_id_for(body["voucher_id"])
+        order_id = order_id_for(body["voucher_id"], call.stable_hex(8))
         for _ in range(RETRIES):
             voucher = self._voucher(body["voucher_id"])
             if voucher["enterprise_id"] != call.principal.id:
                 raise Forbidden("this voucher belongs to another enterprise")
+            if order_id in voucher["orders"]:  # an earlier run of this request placed it, then crashed
+                return 201, order_view(voucher, order_id)
             if voucher["status"] != "live" or voucher["valid_to"] < today.isoformat():
                 raise IllegalTransition("voucher", "expired" if voucher["status"] == "live" else voucher["status"],
                                         "order from")

@@ -28,12 +28,12 @@ QUALIFICATIONS, AGENCIES = "qualifications", "agencies"
 SUMMED = ("face_value_fen", "free_fen", "held_fen", "paid_fen", "returned_fen")
 
 
-def new_id(prefix):
-    return f"{prefix}_{uuid.uuid4().hex[:20]}"
+def new_id(prefix, hex_=None):
+    return f"{prefix}_{hex_ or uuid.uuid4().hex[:20]}"
 
 
-def order_id_for(voucher_id):
-    return f"o_{voucher_id[2:]}_{uuid.uuid4().hex[:8]}"
+def order_id_for(voucher_id, hex_=None):
+    return f"o_{voucher_id[2:]}_{hex_ or uuid.uuid4().hex[:8]}"
 
 
 def voucher_of(order_or_claim_id):
@@ -181,7 +181,8 @@ class VoucherRepo(Repo):
         face = pending["face_value_fen"]
         return self.db[PROGRAMMES].find_one_and_update(
             {"_id": programme_id, "status": "open", "opens_on": {"$lte": today_iso},
-             "closes_on": {"$gte": today_iso}, "remaining_fen": {"$gte": face}},
+             "closes_on": {"$gte": today_iso}, "remaining_fen": {"$gte": face},
+             f"pending.{voucher_id}": {"$exists": False}},
             {"$inc": {"remaining_fen": -face, "issued_fen": face, "issue_no": 1},
              "$set": {f"pending.{voucher_id}": pending}},
             return_document=ReturnDocument.AFTER)
