@@ -12,6 +12,10 @@ fi
 command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || need_pkgs+=(nginx-light)
 # prometheus brings promtool too: the ops tests run the real server and check the alert rules.
 command -v prometheus >/dev/null || need_pkgs+=(prometheus)
+# tests/ops renders the Kubernetes overlays with `kubectl kustomize` (or a standalone kustomize).
+if ! command -v kubectl >/dev/null && ! command -v kustomize >/dev/null && apt-cache show kubectl >/dev/null 2>&1; then
+  need_pkgs+=(kubectl)
+fi
 if [ ${#need_pkgs[@]} -gt 0 ]; then
   say "installing Debian packages: ${need_pkgs[*]}"
   command -v apt-get >/dev/null || die "apt-get not found; install ${need_pkgs[*]} with your package manager"
