@@ -30,6 +30,7 @@ from ipvkit.auth import principal_from_header, require_role
 from ipvkit.clock import SystemClock
 from ipvkit.config import required
 from ipvkit.errors import ApiError, BadRequest, Conflict, PayloadTooLarge, RuleRefused
+from ipvkit.events import new_event
 from ipvkit.storage import IDEMPOTENCY, MongoStore
 
 log = logging.getLogger(__name__)
@@ -331,6 +332,13 @@ class ServiceBase:
     """Every service's class derives from this for its operational routes and log context."""
 
     log_context = logs.LogContext()
+
+    def _event(self, call, type_, aggregate_id, sequence, data):
+        """An event caused by an API call (`call`) or, with `call=None`, by the service itself
+        (its `clock` dependency dates it)."""
+        actor = call.principal.as_actor() if call else {"role": "system", "id": self.name}
+        return new_event(type=type_, producer=self.name, aggregate_id=aggregate_id, sequence=sequence, data=data,
+                         actor=actor, now=self.clock.now(), correlation_id=call.correlation_id if call else None)
 
     @ops("GET", "/healthz", kind="healthz")
     def healthz(self, request):

@@ -1,17 +1,20 @@
 """Storage: one database per service, indexes made at start, and the transactional outbox.
 
-An aggregate document carries its pending events in an `outbox` array and `outbox_due` (when the
-relay may next take them), written in the same single-document update as the state change. The
-relay claims a document by pushing `outbox_due` forward (a lease), publishes its events in order
-with confirms and `mandatory`, and pops each one once the broker has it. A crash anywhere leaves
-the events in the document for the next sweep: at-least-once, in order per aggregate.
+An aggregate document carries its pending events in an `outbox` array and `outbox_due`, written in
+the same single-document update as the state change. One relay at a time publishes a document's
+outbox, under a lease in its own field (`relay_until`, which writers never touch): it publishes with
+confirms and `mandatory`, clears the outbox in one write, and loops while writers appended more
+meanwhile. A write that finds no relay holding the document takes the lease itself and publishes
+right away. A crash anywhere leaves the events in the document: at-least-once, in order per
+aggregate. The 1 s sweep retries by `_id` what this process failed to publish, and scans for what a
+crashed process left behind once per lease (its lease holds them that long anyway).
 
 Only what FerretDB 1.24 and MongoDB both do: no transactions, no projection on findAndModify,
 and `$pull` with a condition is silently ignored by FerretDB, so events are `$pop`ped from the
 head with the head's `event_id` as the guard.
 """
 import logging
-from datetime import timedelta
+from datetime import datetime, timedelta, timezone
 
 from nameko.amqp.publish import Publisher
 from nameko.extensions import DependencyProvider
@@ -50,6 +53,8 @@ class MongoStore(DependencyProvider):
         self.exchange = events_exchange(self.service_name)
         self.publisher = Publisher(required(config, "AMQP_URI"), use_confirms=True, mandatory=True,
                                    declare=[self.exchange, UNROUTED_QUEUE])
+        self.unflushed = {}  # (collection, _id) whose flush failed in this process: when to retry
+        self.next_scan = datetime.min.replace(tzinfo=timezone.utc)
 
     def start(self):
         wanted = dict(self.indexes)
@@ -80,73 +85,103 @@ class Repo:
         self.db = store.db
 
     # -- writing aggregates with their events ------------------------------------------------
-    def insert_aggregate(self, collection, doc, events, now, flush=True):
+    def insert_aggregate(self, collection, doc, events, now):
         """Inserts a new aggregate with its first events. DuplicateKeyError means it exists."""
         doc = dict(doc, seq=len(events), outbox=list(events))
         if events:
             doc["outbox_due"] = now
         self.db[collection].insert_one(doc)
-        if flush and events:
+        if events:
             self.flush_outbox(collection, doc["_id"], now)
         return doc
 
-    def update_aggregate(self, collection, current, changes, events, now, flush=True):
+    def update_aggregate(self, collection, current, changes, events, now):
         """Applies `changes` ($set fields) and appends `events` iff the document is still at the
         sequence `current` was read at; raises ConcurrentChange otherwise."""
-        update = {"$set": dict(changes)}
-        if events:
-            update["$set"]["outbox_due"] = now
-            update["$push"] = {"outbox": {"$each": list(events)}}
-            update["$inc"] = {"seq": len(events)}
-        doc = self.db[collection].find_one_and_update(
-            {"_id": current["_id"], "seq": current["seq"]}, update, return_document=ReturnDocument.AFTER)
+        update = {"$set": dict(changes), "$inc": {"seq": len(events)}}
+        doc = self._write(collection, {"_id": current["_id"], "seq": current["seq"]}, update, events, now)
         if doc is None:
             raise ConcurrentChange(f"{collection}/{current['_id']} changed concurrently")
-        if flush and events:
-            self.flush_outbox(collection, doc["_id"], now)
+        return doc
+
+    def _write(self, collection, guard, update, events, now, read=None):
+        """One guarded update with its events appended to the document's outbox; None when the
+        guard no longer matches. Given the document as `read` and no relay holding it then, the
+        write also takes the relay lease (guarded on it), which saves the relay a round trip."""
+        update = {k: dict(v) for k, v in update.items() if v}
+        leased = events and read is not None and (read.get("relay_until") is None or read["relay_until"] < now)
+        if events:
+            update.setdefault("$set", {})["outbox_due"] = now
+            update.setdefault("$push", {})["outbox"] = {"$each": list(events)}
+        if leased:
+            guard = dict(guard, relay_until=read.get("relay_until"))
+            update["$set"]["relay_until"] = now + LEASE
+        doc = self.db[collection].find_one_and_update(guard, update, return_document=ReturnDocument.AFTER)
+        if doc is not None and events:
+            self.flush_outbox(collection, doc["_id"], now, leased=doc if leased else None)
         return doc
 
     # -- the relay ---------------------------------------------------------------------------
-    def flush_outbox(self, collection, doc_id, now):
-        """Publishes one document's pending events now. Never raises: what it cannot publish
-        stays in the outbox for the sweep."""
+    def flush_outbox(self, collection, doc_id, now, leased=None):
+        """Publishes one document's pending events now. Never raises: what it cannot publish is
+        retried by the next 1 s sweep."""
         try:
-            return self._relay_one(collection, doc_id, now)
+            return self._relay_one(collection, doc_id, now, leased)
         except Exception:
             log.exception("outbox flush of %s/%s failed; the sweep will retry", collection, doc_id)
+            self.store.unflushed[(collection, doc_id)] = now + RETRY_AFTER_FAILURE
             return 0
 
     def relay_due(self, now, batch=200):
-        """The sweep: publishes every document's due events. Returns how many were sent."""
-        sent = 0
+        """The 1 s sweep: this process's failed flushes by `_id`, and a scan once per LEASE."""
+        unflushed = self.store.unflushed
+        retry = [key for key, at in unflushed.items() if at <= now]
+        for key in retry:
+            del unflushed[key]  # a failure puts it back
+        sent = sum(self.flush_outbox(collection, doc_id, now) for collection, doc_id in retry)
+        if now < self.store.next_scan:
+            return sent
+        self.store.next_scan = now + LEASE
         for name in self.store.outbox_collections:
             due = [doc["_id"] for doc in self.db[name].find({"outbox_due": {"$lte": now}}, {"_id": 1}).limit(batch)]
-            # The backlog is what this sweep found due (capped at `batch`): counting every pending
-            # document each second would scan the collection.
+            # The backlog is what this scan found due (capped at `batch`): counting every pending
+            # document would scan the collection again.
             metrics.OUTBOX_BACKLOG.labels(self.store.service_name, name).set(len(due))
             for doc_id in due:
                 sent += self.flush_outbox(name, doc_id, now)
         return sent
 
-    def _relay_one(self, collection, doc_id, now):
-        coll = self.db[collection]
-        doc = coll.find_one_and_update({"_id": doc_id, "outbox_due": {"$lte": now}},
-                                       {"$set": {"outbox_due": now + LEASE}})
-        if doc is None:  # nothing due, or another relay holds the lease
-            return 0
-        sent = 0
-        try:
-            for event in doc.get("outbox", []):
-                self._publish(event)
-                coll.update_one({"_id": doc_id, "outbox.0.event_id": event["event_id"]},
-                                {"$pop": {"outbox": -1}})
-                sent += 1
-        except Exception:
-            coll.update_one({"_id": doc_id}, {"$set": {"outbox_due": now + RETRY_AFTER_FAILURE}})
-            raise
-        # Release the lease only if no new event arrived meanwhile (the writer set outbox_due).
-        coll.update_one({"_id": doc_id, "outbox": {"$size": 0}}, {"$unset": {"outbox_due": ""}})
-        return sent
+    def _relay_one(self, collection, doc_id, now, leased=None):
+        """Publishes the document's outbox under the lease, then clears it in one write. A crash
+        before that write republishes the batch (consumers are idempotent). Events appended
+        meanwhile are popped event by event and the loop publishes what is left: their writers
+        found the lease taken and left them to this relay. `leased`: the document as the write that
+        took the lease returned it."""
+        coll, sent, doc = self.db[collection], 0, leased
+        free = {"$or": [{"relay_until": None}, {"relay_until": {"$lt": now}}]}
+        guard = dict(free, _id=doc_id, outbox_due={"$lte": now})  # only the first turn waits for the due time
+        while True:
+            if doc is None:
+                doc = coll.find_one_and_update(guard, {"$set": {"relay_until": now + LEASE}})
+                if doc is None:  # nothing due, or another relay holds the lease
+                    return sent
+            events = doc.get("outbox", [])
+            try:
+                for event in events:
+                    self._publish(event)
+            except Exception:
+                coll.update_one({"_id": doc_id}, {"$set": {"outbox_due": now + RETRY_AFTER_FAILURE},
+                                                  "$unset": {"relay_until": ""}})
+                raise
+            sent += len(events)
+            cleared = coll.update_one({"_id": doc_id, "outbox": {"$size": len(events)}},
+                                      {"$set": {"outbox": []}, "$unset": {"outbox_due": "", "relay_until": ""}})
+            if cleared.modified_count:
+                return sent
+            for event in events:
+                coll.update_one({"_id": doc_id, "outbox.0.event_id": event["event_id"]}, {"$pop": {"outbox": -1}})
+            coll.update_one({"_id": doc_id}, {"$unset": {"relay_until": ""}})
+            guard, doc = dict(free, _id=doc_id), None
 
     def _publish(self, event):
         outcome = "failed"

@@ -8,7 +8,6 @@ from ipvkit import contracts  # noqa: F401 - registers every event schema
 from ipvkit.clock import Clock, utc_iso
 from ipvkit.consumer import Permanent, consume
 from ipvkit.errors import Conflict, Forbidden, NotFound
-from ipvkit.events import new_event
 from ipvkit.http import ServiceBase, api
 from ipvkit.storage import ConcurrentChange
 from services.enterprises import domain
@@ -51,12 +50,6 @@ class EnterprisesService(ServiceBase):
     name = NAME
     store = EnterpriseStore()
     clock = Clock()
-
-    def _event(self, call, type_, aggregate_id, sequence, data):
-        """An event caused by an API call (`call`) or, with `call=None`, by the service itself."""
-        actor = call.principal.as_actor() if call else {"role": "system", "id": NAME}
-        return new_event(type=type_, producer=NAME, aggregate_id=aggregate_id, sequence=sequence, data=data,
-                         actor=actor, now=self.clock.now(), correlation_id=call.correlation_id if call else None)
 
     def _enterprise(self, enterprise_id):
         doc = self.store.enterprise(enterprise_id)

@@ -10,7 +10,6 @@ from ipvkit.clock import Clock, utc_iso
 from ipvkit.consumer import consume
 from ipvkit.contracts.provider import CREDIT_LEVELS
 from ipvkit.errors import Conflict, Forbidden, IllegalTransition, NotFound, RuleRefused
-from ipvkit.events import new_event
 from ipvkit.http import ServiceBase, api
 from ipvkit.storage import ConcurrentChange
 from services.providers import domain, metrics
@@ -86,12 +85,6 @@ class ProvidersService(ServiceBase):
     store = ProviderStore()
     clock = Clock()
     policy = Policy()
-
-    def _event(self, call, type_, aggregate_id, sequence, data):
-        """An event caused by an API call (`call`) or, with `call=None`, by the service itself."""
-        actor = call.principal.as_actor() if call else {"role": "system", "id": NAME}
-        return new_event(type=type_, producer=NAME, aggregate_id=aggregate_id, sequence=sequence, data=data,
-                         actor=actor, now=self.clock.now(), correlation_id=call.correlation_id if call else None)
 
     def _agency(self, agency_id, history=False):
         doc = self.store.agency(agency_id, history=history)

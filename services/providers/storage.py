@@ -4,7 +4,7 @@ the read model of voucher orders fed by the vouchers service's events."""
 import re
 from collections import Counter
 
-from pymongo import ASCENDING, IndexModel, ReturnDocument
+from pymongo import ASCENDING, IndexModel
 from pymongo.errors import DuplicateKeyError
 
 from ipvkit.storage import ConcurrentChange, MongoStore, Repo
@@ -60,19 +60,10 @@ class ProviderRepo(Repo):
 
     def change_agency(self, current, changes, events, now, push=None):
         """Repo.update_aggregate plus `$push` for the history arrays, still one guarded write."""
-        update = {"$set": dict(changes)} if changes else {}
-        if push:
-            update["$push"] = dict(push)
-        if events:
-            update.setdefault("$set", {})["outbox_due"] = now
-            update.setdefault("$push", {})["outbox"] = {"$each": list(events)}
-            update["$inc"] = {"seq": len(events)}
-        doc = self.db[AGENCIES].find_one_and_update({"_id": current["_id"], "seq": current["seq"]}, update,
-                                                    return_document=ReturnDocument.AFTER)
+        update = {"$set": dict(changes), "$push": dict(push or {}), "$inc": {"seq": len(events)}}
+        doc = self._write(AGENCIES, {"_id": current["_id"], "seq": current["seq"]}, update, events, now)
         if doc is None:
             raise ConcurrentChange(f"agency {current['_id']} changed concurrently")
-        if events:
-            self.flush_outbox(AGENCIES, doc["_id"], now)
         return doc
 
     def listings_over(self, today_iso, limit=200):

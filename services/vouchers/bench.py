@@ -25,7 +25,6 @@ from stdnum.cn import uscc  # noqa: E402
 
 from ipvkit.amqp import events_exchange  # noqa: E402
 from ipvkit.auth import issue_token  # noqa: E402
-from ipvkit.events import new_event  # noqa: E402
 from tests.conftest import dumps, free_port  # noqa: E402
 from tests.integration.test_vouchers_api import PROGRAMME, agency_registered, qualification_granted  # noqa: E402
 

@@ -9,19 +9,15 @@ the money path is built from (no multi-document transactions).
   The service's `_complete_issue` is that whole sequence and is safe to run again from any point:
   the sweeper runs it for entries a crash left behind.
 - Every guarded write relies on single-document atomicity, as MongoDB gives it. FerretDB 1.24 lacked
-  it (#3040); the stack runs the patched build (`scripts/ferretdb-atomic-updates.patch`), so any
+  it (#3040); the stack runs the patched build (`scripts/ferretdb-v1.24.2.patch`), so any
   number of pods share one database with no lock in the process.
 """
-import logging
 import uuid
-from datetime import datetime, timezone
 
 from pymongo import ASCENDING, IndexModel, ReturnDocument
 from pymongo.errors import DuplicateKeyError
 
-from ipvkit.storage import LEASE, RETRY_AFTER_FAILURE, MongoStore, Repo
-
-log = logging.getLogger(__name__)
+from ipvkit.storage import MongoStore, Repo
 
 PROGRAMMES, REVISIONS, VOUCHERS, CAPS = "programmes", "programme_revisions", "vouchers", "annual_caps"
 QUALIFICATIONS, AGENCIES = "qualifications", "agencies"
@@ -51,93 +47,6 @@ def order_of_claim(claim_id):
 
 
 class VoucherRepo(Repo):
-    """The relay differs from ipvkit's because several pods write one document at once and FerretDB
-    serialises every write (1.24 also scans the collection for any filter but `_id`):
-    - the relay lease is its own field (`relay_until`), which writers never touch: exactly one
-      relay publishes a document's outbox at a time, and it loops until the events that writers
-      appended meanwhile are out too, so 50 concurrent orders on one voucher publish 50 events;
-    - after publishing, one write clears the outbox (not one `$pop` per event);
-    - the 1 s sweep retries by `_id` only what this pod failed to publish, and scans the collection
-      for what a crashed pod left behind once per LEASE (its lease holds them that long anyway).
-    """
-
-    def _write(self, collection, guard, update, events, now, read=None):
-        """One guarded update with its events appended to the document's outbox; None when the
-        guard no longer matches. Given the document as `read` and no relay holding it then, the
-        write also takes the relay lease (guarded on it), which saves the relay a round trip."""
-        update = {k: dict(v) for k, v in update.items() if v}
-        leased = events and read is not None and (read.get("relay_until") is None or read["relay_until"] < now)
-        if events:
-            update.setdefault("$set", {})["outbox_due"] = now
-            update["$push"] = {"outbox": {"$each": list(events)}}
-        if leased:
-            guard = dict(guard, relay_until=read.get("relay_until"))
-            update["$set"]["relay_until"] = now + LEASE
-        doc = self.db[collection].find_one_and_update(guard, update, return_document=ReturnDocument.AFTER)
-        if doc is not None and events:
-            self.flush_outbox(collection, doc["_id"], now, leased=doc if leased else None)
-        return doc
-
-    def insert_aggregate(self, collection, doc, events, now):
-        doc = dict(doc, seq=len(events), outbox=list(events), outbox_due=now)
-        self.db[collection].insert_one(doc)
-        self.flush_outbox(collection, doc["_id"], now)
-        return doc
-
-    def flush_outbox(self, collection, doc_id, now, leased=None):
-        """Publishes one document's pending events now. Never raises: what it cannot publish is
-        retried by the next 1 s sweep."""
-        try:
-            return self._relay_one(collection, doc_id, now, leased)
-        except Exception:
-            log.exception("outbox flush of %s/%s failed; the sweep will retry", collection, doc_id)
-            self.store.unflushed[(collection, doc_id)] = now + RETRY_AFTER_FAILURE
-            return 0
-
-    def _relay_one(self, collection, doc_id, now, leased=None):
-        """Publishes the document's outbox under the lease, then clears it in one write. A crash
-        before that write republishes the batch (consumers are idempotent). Events appended
-        meanwhile are popped event by event and the loop publishes what is left: their writers
-        found the lease taken and left them to this relay. `leased`: the document as the write that
-        took the lease returned it."""
-        coll, sent, doc = self.db[collection], 0, leased
-        free = {"$or": [{"relay_until": None}, {"relay_until": {"$lt": now}}]}
-        guard = dict(free, _id=doc_id, outbox_due={"$lte": now})  # only the first turn waits for the due time
-        while True:
-            if doc is None:
-                doc = coll.find_one_and_update(guard, {"$set": {"relay_until": now + LEASE}})
-                if doc is None:  # nothing due, or another relay holds the lease
-                    return sent
-            events = doc.get("outbox", [])
-            try:
-                for event in events:
-                    self._publish(event)
-            except Exception:
-                coll.update_one({"_id": doc_id}, {"$set": {"outbox_due": now + RETRY_AFTER_FAILURE},
-                                                  "$unset": {"relay_until": ""}})
-                raise
-            sent += len(events)
-            cleared = coll.update_one({"_id": doc_id, "outbox": {"$size": len(events)}},
-                                      {"$set": {"outbox": []}, "$unset": {"outbox_due": "", "relay_until": ""}})
-            if cleared.modified_count:
-                return sent
-            for event in events:
-                coll.update_one({"_id": doc_id, "outbox.0.event_id": event["event_id"]}, {"$pop": {"outbox": -1}})
-            coll.update_one({"_id": doc_id}, {"$unset": {"relay_until": ""}})
-            guard, doc = dict(free, _id=doc_id), None
-
-    def relay_due(self, now, batch=200):
-        """The 1 s sweep: this pod's failed flushes by `_id`, and a collection scan once per LEASE."""
-        unflushed = self.store.unflushed
-        retry = [key for key, at in unflushed.items() if at <= now]
-        for key in retry:
-            del unflushed[key]  # a failure puts it back
-        sent = sum(self.flush_outbox(collection, doc_id, now) for collection, doc_id in retry)
-        if now >= self.store.next_scan:
-            self.store.next_scan = now + LEASE
-            sent += super().relay_due(now, batch)
-        return sent
-
     # -- programmes ----------------------------------------------------------------------------
     def create_programme(self, doc, revision, event, now):
         self.db[REVISIONS].insert_one(revision)
@@ -326,5 +235,3 @@ class VoucherStore(MongoStore):
     def setup(self):
         super().setup()
         self.revisions = {}
-        self.unflushed = {}  # (collection, _id) whose flush failed in this pod: when to retry
-        self.next_scan = datetime.min.replace(tzinfo=timezone.utc)
