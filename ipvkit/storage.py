@@ -53,7 +53,7 @@ class MongoStore(DependencyProvider):
         self.exchange = events_exchange(self.service_name)
         self.publisher = Publisher(required(config, "AMQP_URI"), use_confirms=True, mandatory=True,
                                    declare=[self.exchange, UNROUTED_QUEUE])
-        self.unflushed = {}  # (collection, _id) whose flush failed in this process: when to retry
+        self.unflushed = {}  # (collection, _id) whose flush failed in this process: retry until when
         self.next_scan = datetime.min.replace(tzinfo=timezone.utc)
 
     def start(self):
@@ -129,16 +129,18 @@ class Repo:
             return self._relay_one(collection, doc_id, now, leased)
         except Exception:
             log.exception("outbox flush of %s/%s failed; the sweep will retry", collection, doc_id)
-            self.store.unflushed[(collection, doc_id)] = now + RETRY_AFTER_FAILURE
+            # Retried by `_id` until the lease this failure may have left behind has run out.
+            self.store.unflushed.setdefault((collection, doc_id), now + LEASE + RETRY_AFTER_FAILURE)
             return 0
 
     def relay_due(self, now, batch=200):
         """The 1 s sweep: this process's failed flushes by `_id`, and a scan once per LEASE."""
-        unflushed = self.store.unflushed
-        retry = [key for key, at in unflushed.items() if at <= now]
-        for key in retry:
-            del unflushed[key]  # a failure puts it back
-        sent = sum(self.flush_outbox(collection, doc_id, now) for collection, doc_id in retry)
+        sent = 0
+        for (collection, doc_id), until in list(self.store.unflushed.items()):
+            done = self.flush_outbox(collection, doc_id, now)  # a new failure keeps the entry
+            sent += done
+            if done or now >= until:
+                self.store.unflushed.pop((collection, doc_id), None)
         if now < self.store.next_scan:
             return sent
         self.store.next_scan = now + LEASE
