@@ -5,6 +5,10 @@
 #   Python virtualenv in .venv with the pinned dependencies of pyproject.toml
 source "$(dirname "$0")/common.sh"
 
+# Logs and built tools live in $CACHE; a new machine (or an empty HOME) has no ~/.cache yet.
+mkdir -p "$CACHE/bin"
+APT_LOG=$CACHE/apt.log
+
 need_pkgs=()
 if [ -z "${AMQP_URI:-}" ] && ! command -v rabbitmq-server >/dev/null && [ ! -x /usr/sbin/rabbitmq-server ]; then
   need_pkgs+=(rabbitmq-server)
@@ -22,10 +26,9 @@ if [ ${#need_pkgs[@]} -gt 0 ]; then
   as_root apt-get update -qq || die "apt-get update failed (network or apt sources?)"
   # policy-rc.d keeps apt from starting system-wide copies: we run our own on loopback.
   as_root env DEBIAN_FRONTEND=noninteractive RUNLEVEL=1 apt-get install -y -qq --no-install-recommends "${need_pkgs[@]}" \
-    >"$CACHE.apt.log" 2>&1 || { tail -20 "$CACHE.apt.log" >&2; die "apt-get install ${need_pkgs[*]} failed (log: $CACHE.apt.log)"; }
+    >"$APT_LOG" 2>&1 || { tail -20 "$APT_LOG" >&2; die "apt-get install ${need_pkgs[*]} failed (log: $APT_LOG)"; }
 fi
 
-mkdir -p "$CACHE/bin"
 if [ -z "${MONGO_URI:-}" ] && [ ! -x "$FERRETDB_BIN" ]; then
   command -v go >/dev/null || die "Go is needed to build FerretDB: install Go >= 1.21 (https://go.dev/doc/install)"
   say "building FerretDB $FERRETDB_VERSION (once; cached in $CACHE/bin)"
