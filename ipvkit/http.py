@@ -13,6 +13,7 @@ import re
 import time
 import uuid
 from functools import partial
+from urllib.parse import parse_qsl
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 
@@ -25,13 +26,14 @@ from pymongo.errors import ConnectionFailure, DuplicateKeyError
 from werkzeug.exceptions import HTTPException
 from werkzeug.wrappers import Request, Response
 
-from ipvkit import logs, metrics
+from ipvkit import logs, metrics, strictjson
 from ipvkit.auth import principal_from_header, require_role
 from ipvkit.clock import SystemClock
 from ipvkit.config import required
-from ipvkit.errors import ApiError, BadRequest, Conflict, PayloadTooLarge, RuleRefused
+from ipvkit.errors import ApiError, BadRequest, Conflict, PayloadTooLarge, RuleRefused, UnsupportedMediaType
 from ipvkit.events import new_event
 from ipvkit.storage import IDEMPOTENCY, MongoStore
+from ipvkit.text import printable, text_problem
 
 log = logging.getLogger(__name__)
 
@@ -51,8 +53,11 @@ def _json_default(value):
 
 
 def json_response(status, payload, headers=None):
-    return Response(json.dumps(payload, ensure_ascii=False, default=_json_default), status=status,
-                    headers=headers, mimetype="application/json")
+    try:
+        body = json.dumps(payload, ensure_ascii=False, default=_json_default).encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate got this far: \u escapes keep the answer valid JSON
+        body = json.dumps(payload, ensure_ascii=True, default=_json_default).encode("ascii")
+    return Response(body, status=status, headers=headers, mimetype="application/json")
 
 
 def error_response(exc):
@@ -77,6 +82,37 @@ def _refuse_huge_integers(data, where):
     huge = _huge_integers(data)
     if huge:
         raise BadRequest(f"invalid {where}", fields={p: [f"must lie within ±{INT64_MAX} (64-bit)"] for p in huge})
+
+
+def _path_values(request):
+    """The route's path parameters, refused unless UTF-8 text a person could have typed (werkzeug
+    turns bytes that are not UTF-8 into U+FFFD, and lets %00 through)."""
+    try:
+        request.environ.get("PATH_INFO", "").encode("latin-1").decode("utf-8")
+    except UnicodeError:
+        raise BadRequest("the path is not UTF-8", fields={"path": ["not UTF-8"]})
+    values = dict(request.path_values)
+    problems = {name: [problem] for name, value in values.items()
+                if isinstance(value, str) and (problem := text_problem(value))}
+    if problems:
+        raise BadRequest("invalid path", fields=problems)
+    return values
+
+
+def _query(request):
+    """The query string as {name: value}: UTF-8 only, each name once (with `?a=1&a=2`, which one
+    counts would depend on who reads it)."""
+    try:
+        pairs = parse_qsl(request.environ.get("QUERY_STRING", ""), keep_blank_values=True,
+                          encoding="utf-8", errors="strict")
+    except UnicodeDecodeError:
+        raise BadRequest("the query string is not UTF-8", fields={"query": ["not UTF-8"]})
+    query = dict(pairs)
+    if len(query) != len(pairs):
+        twice = {name for name, _ in pairs if sum(n == name for n, _ in pairs) > 1}
+        raise BadRequest("a query parameter appears more than once",
+                         fields={printable(name): ["appears more than once"] for name in sorted(twice)})
+    return query
 
 
 @dataclass
@@ -180,13 +216,13 @@ class ApiHandler(HttpRequestHandler):
         if self.roles != PUBLIC:
             principal = principal_from_header(self.secret, request.headers.get("Authorization"))
             require_role(principal, *self.roles)
-        call = Call(principal=principal, path=dict(request.path_values), correlation_id=correlation_id)
+        call = Call(principal=principal, path=_path_values(request), correlation_id=correlation_id)
         _refuse_huge_integers(call.path, "path")
-        call.query = self._load(self.query_schema, request.args.to_dict(flat=True), "query")
+        call.query = self._load(self.query_schema, _query(request), "query")
         raw = b""
         if self.body_schema is not None:
             raw = self._read_body(request)
-            call.body = self._load(self.body_schema, self._parse_json(raw), "body")
+            call.body = self._load(self.body_schema, self._parse_json(raw, request), "body")
         key = request.headers.get("Idempotency-Key")
         if key is not None and self.method in WRITE_METHODS and principal is not None:
             return self._idempotent(call, key, raw, request)
@@ -217,13 +253,15 @@ class ApiHandler(HttpRequestHandler):
         return raw
 
     @staticmethod
-    def _parse_json(raw):
+    def _parse_json(raw, request):
         if not raw.strip():
-            raise BadRequest("a JSON body is required")
+            raise BadRequest("a JSON body is required (Content-Type: application/json)")
+        if request.mimetype != "application/json" or request.mimetype_params.get("charset", "utf-8").lower() != "utf-8":
+            raise UnsupportedMediaType("the body must be sent as Content-Type: application/json (UTF-8)")
         try:
-            data = json.loads(raw)
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise BadRequest(f"body is not valid JSON: {exc}")
+            data = strictjson.loads(raw)
+        except strictjson.Refused as exc:
+            raise BadRequest(exc.message, fields=exc.fields)
         if not isinstance(data, dict):
             raise BadRequest("body must be a JSON object")
         return data

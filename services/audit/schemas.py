@@ -4,6 +4,7 @@ from marshmallow import Schema, fields, validate
 from ipvkit.contracts.audit import RULES
 from ipvkit.contracts.common import ID, REGION, TIERS
 from ipvkit.contracts.provider import SERVICE_CODE
+from ipvkit.text import Text
 from services.audit.domain import REPORT_MEASURES
 from services.audit.storage import DIMENSIONS
 
@@ -15,7 +16,7 @@ class EntriesQuery(Schema):
     after = fields.Integer(load_default=-1, validate=validate.Range(min=-1),
                            metadata={"description": "the last position of the previous page"})
     limit = fields.Integer(load_default=100, validate=validate.Range(1, 500))
-    type = fields.String(validate=validate.Regexp(r"^[a-z_]+\.[a-z_]+$"))
+    type = Text(validate=validate.Regexp(r"^[a-z_]+\.[a-z_]+$"))
     event_id = fields.UUID()
 
 
@@ -35,31 +36,31 @@ class PageQuery(Schema):
 
 
 class FactFilters(Schema):
-    programme = fields.String(validate=ID)
-    region = fields.String(validate=REGION)
-    tier = fields.String(validate=validate.OneOf(TIERS))
-    service_code = fields.String(validate=SERVICE_CODE)
-    agency = fields.String(validate=ID)
-    month = fields.String(validate=MONTH)
+    programme = Text(validate=ID)
+    region = Text(validate=REGION)
+    tier = Text(validate=validate.OneOf(TIERS))
+    service_code = Text(validate=SERVICE_CODE)
+    agency = Text(validate=ID)
+    month = Text(validate=MONTH)
 
 
 class ReportQuery(FactFilters):
-    by = fields.String(required=True, validate=validate.OneOf(DIMENSIONS))
-    format = fields.String(load_default="json", validate=validate.OneOf(("json", "csv")))
+    by = Text(required=True, validate=validate.OneOf(DIMENSIONS))
+    format = Text(load_default="json", validate=validate.OneOf(("json", "csv")))
 
 
 class DrilldownQuery(FactFilters):
-    measure = fields.String(required=True, validate=validate.OneOf(REPORT_MEASURES))
-    after = fields.String(validate=validate.Length(1, 32), metadata={"description": "next_cursor of the previous page"})
+    measure = Text(required=True, validate=validate.OneOf(REPORT_MEASURES))
+    after = Text(validate=validate.Length(1, 32), metadata={"description": "next_cursor of the previous page"})
     limit = fields.Integer(load_default=200, validate=validate.Range(1, 1000))
-    format = fields.String(load_default="json", validate=validate.OneOf(("json", "csv")))
+    format = Text(load_default="json", validate=validate.OneOf(("json", "csv")))
 
 
 class AnomalyQuery(Schema):
-    rule = fields.String(validate=validate.OneOf(RULES))
-    after = fields.String(validate=validate.Length(1, 64))
+    rule = Text(validate=validate.OneOf(RULES))
+    after = Text(validate=validate.Length(1, 64))
     limit = fields.Integer(load_default=50, validate=validate.Range(1, 200))
 
 
 class ReconcileQuery(Schema):
-    programme = fields.String(validate=ID)
+    programme = Text(validate=ID)
