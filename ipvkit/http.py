@@ -216,6 +216,10 @@ class ApiHandler(HttpRequestHandler):
         if self.roles != PUBLIC:
             principal = principal_from_header(self.secret, request.headers.get("Authorization"))
             require_role(principal, *self.roles)
+        key = request.headers.get("Idempotency-Key") if self.method in WRITE_METHODS and principal else None
+        if key is not None and not IDEMPOTENCY_KEY.match(key):
+            raise BadRequest("Idempotency-Key must be 1-128 characters of A-Z a-z 0-9 . _ : -",
+                             fields={"Idempotency-Key": ["invalid"]})
         call = Call(principal=principal, path=_path_values(request), correlation_id=correlation_id)
         _refuse_huge_integers(call.path, "path")
         call.query = self._load(self.query_schema, _query(request), "query")
@@ -223,8 +227,7 @@ class ApiHandler(HttpRequestHandler):
         if self.body_schema is not None:
             raw = self._read_body(request)
             call.body = self._load(self.body_schema, self._parse_json(raw, request), "body")
-        key = request.headers.get("Idempotency-Key")
-        if key is not None and self.method in WRITE_METHODS and principal is not None:
+        if key is not None:
             return self._idempotent(call, key, raw, request)
         return self._run(call)
 
@@ -279,9 +282,6 @@ class ApiHandler(HttpRequestHandler):
 
     # -- Idempotency-Key ---------------------------------------------------------------------
     def _idempotent(self, call, key, raw, request):
-        if not IDEMPOTENCY_KEY.match(key):
-            raise BadRequest("Idempotency-Key must be 1-128 characters of A-Z a-z 0-9 . _ : -",
-                             fields={"Idempotency-Key": ["invalid"]})
         keys = self.store.db[IDEMPOTENCY]
         now = self.clock.now()
         fingerprint = hashlib.sha256(b"%s %s\n%s" % (self.method.encode(), request.path.encode(), raw)).hexdigest()
