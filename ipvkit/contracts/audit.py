@@ -5,7 +5,7 @@ from ipvkit.events import register
 from ipvkit.text import Text
 
 RULES = ("duplicate_evidence", "split_orders", "related_party", "order_after_downgrade",
-         "agency_concentration", "claims_at_cap")
+         "agency_concentration", "claims_at_cap", "ledger_tampered")
 
 
 @register("audit.anomaly_detected", 1)
@@ -14,7 +14,8 @@ class AnomalyDetected(Schema):
     rule = Text(required=True, validate=validate.OneOf(RULES))
     summary = Text(multiline=True, required=True, validate=validate.Length(1, 1000))
     subject = fields.Dict(required=True)  # the ids the flag is about: enterprise_id, agency_id, programme_id
-    evidence_event_ids = fields.List(fields.UUID(), required=True, validate=validate.Length(1, 1000))
+    # Empty only for ledger_tampered when no entry is left to cite (its positions still say where).
+    evidence_event_ids = fields.List(fields.UUID(), required=True, validate=validate.Length(0, 1000))
     ledger_positions = fields.List(fields.Integer(strict=True, validate=validate.Range(min=0)), required=True,
                                    validate=validate.Length(1, 1000))
 

@@ -143,7 +143,8 @@ class AuditService(ServiceBase):
         entries = [{"position": e["position"], "event": e["event"], "prev_hash": e["prev_hash"], "hash": e["hash"]}
                    for e in self.store.iter_entries()]
         checkpoints = [checkpoint_view(c) for c in self.store.checkpoints(limit=10_000)]
-        _, problems = ledger.verify(entries, checkpoints, self.signer.public_pem, head_size=head["size"])
+        _, problems = ledger.verify(entries, checkpoints, self.signer.public_pem, head_size=head["size"],
+                                    head_hash=head["hash"])
         return {"ok": not problems, "entries": len(entries), "head_size": head["size"],
                 "checkpoints": len(checkpoints), "problems": problems}
 
@@ -179,13 +180,16 @@ class AuditService(ServiceBase):
 
     @timer(interval=10)
     def periodic_checkpoint(self):
-        """Every AUDIT_CHECKPOINT_EVERY_S, if the ledger grew."""
+        """Every AUDIT_CHECKPOINT_EVERY_S, if the ledger grew (and verifies)."""
         latest = self.store.latest_checkpoint()
         every = int(self.config.get("AUDIT_CHECKPOINT_EVERY_S") or 300)
         if latest is None or (self.clock.now() - datetime.fromisoformat(
                 latest["signed_at"].replace("Z", "+00:00"))).total_seconds() >= every:
             if latest is None or self.store.head()["size"] > latest["size"]:
-                return self._checkpoint()
+                try:
+                    return self._checkpoint()
+                except RuleRefused:  # the anomaly and the metric say it; tried again next time
+                    return None
         return None
 
     def _checkpoint(self):
@@ -195,16 +199,45 @@ class AuditService(ServiceBase):
         existing = self.store.checkpoint(head["size"])
         if existing is not None:
             return checkpoint_view(existing)
-        leaves = self.store.leaves(head["size"])
-        if len(leaves) != head["size"]:
-            raise RuleRefused("ledger_damaged", f"the head counts {head['size']} entries but {len(leaves)} "
-                                                "are stored; run /api/v1/audit/verify")
+        leaves, problems, event_ids = self._verified_leaves(head)
+        metrics.LEDGER_PROBLEMS.set(len(problems))
+        if problems:
+            projector.raise_flag(self.store, domain.ledger_tampered(problems, event_ids, head["size"]),
+                                 self.clock.now())
+            raise RuleRefused("ledger_damaged", f"the ledger does not verify ({len(problems)} problem(s)): no "
+                                                "checkpoint is signed over it", problems=problems[:100])
         now = self.clock.now()
         signed = self.signer.sign(head["size"], ledger.merkle_root(leaves), head["hash"], utc_iso(now))
         event = new_event(type="audit.checkpoint_published", producer=NAME, aggregate_id=f"checkpoint-{head['size']}",
                           sequence=1, data=signed, actor={"role": "system", "id": NAME}, now=now)
         self.store.add_checkpoint(signed, event, now)
         return signed
+
+    def _verified_leaves(self, head):
+        """The Merkle leaves of the whole ledger, recomputed from the entries' content, and the
+        problems found on the way (a checkpoint is signed only when there are none), with the event
+        id at each position checked. From the latest checkpoint on when it still holds (its signature
+        verifies and the stored leaves before it give its root: an RFC 9162 consistency check), so
+        only the entries since then are read whole; otherwise the whole ledger."""
+        latest = self.store.latest_checkpoint()
+        prefix, after, checkpoints = [], None, []
+        if latest is not None:
+            prefix = self.store.leaves(latest["size"])
+            if (ledger.checkpoint_signature_ok(checkpoint_view(latest), self.signer.public_pem)
+                    and len(prefix) == latest["size"] and ledger.merkle_root(prefix) == latest["root_hash"]):
+                after = (latest["size"], latest["chain_hash"])
+            else:
+                prefix, checkpoints = [], [checkpoint_view(c) for c in self.store.checkpoints(limit=10_000)]
+        entries = list(self.store.entries_between(after[0] if after else 0, head["size"]))
+        leaves, problems = ledger.verify(entries, checkpoints, self.signer.public_pem, head_size=head["size"],
+                                         head_hash=head["hash"], after=after)
+        named = {(p["kind"], p["position"]) for p in problems}
+        for entry, leaf in zip(entries, leaves):
+            if entry.get("leaf") != leaf.hex() and ("modified", entry["position"]) not in named:
+                problems.append({"kind": "modified", "position": entry["position"],
+                                 "detail": "the stored Merkle leaf does not match the entry's content"})
+        problems.sort(key=lambda p: (p["position"], p["kind"]))
+        return prefix + leaves, problems, {e["position"]: e["event_id"] for e in entries}
 
     @api("GET", "/api/v1/audit/checkpoints", roles=READERS, query=s.PageQuery, summary="Signed checkpoints")
     def list_checkpoints(self, call):
