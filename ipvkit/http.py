@@ -165,12 +165,13 @@ class _JsonWebServer(WebServer):
 class ApiHandler(HttpRequestHandler):
     server = _JsonWebServer()  # every handler of a service must share it: OpsHandler too
 
-    def __init__(self, method, url, *, roles, body=None, query=None, response=None, status=200,
+    def __init__(self, method, url, *, roles, body=None, query=None, response=None, other_types=(), status=200,
                  summary="", **kwargs):
         self.roles = tuple(roles)
         self.body_schema = body
         self.query_schema = query
         self.response_schema = response
+        self.other_types = tuple(other_types)  # media types the route may answer instead of JSON (CSV, NDJSON)
         self.status = status
         self.summary = summary
         super().__init__(method, url, **kwargs)

@@ -59,6 +59,8 @@ def build_spec(container):
         ok = {"description": "OK"}
         if ep.response_schema is not None:
             ok["content"] = {"application/json": {"schema": ep.response_schema}}
+        for media_type in ep.other_types:
+            ok.setdefault("content", {})[media_type] = {"schema": {"type": "string"}}
         operation["responses"][str(ep.status)] = ok
         if ep.roles != PUBLIC:
             operation["security"] = [{"bearer": []}]

@@ -112,12 +112,12 @@ class AuditService(ServiceBase):
     def refresh_metrics(self):
         metrics.LEDGER_ENTRIES.set(self.store.head()["size"])
 
-    @api("GET", "/api/v1/audit/head", roles=READERS, summary="How many entries the ledger holds, and the last hash")
+    @api("GET", "/api/v1/audit/head", roles=READERS, response=s.HeadOut, summary="How many entries the ledger holds, and the last hash")
     def head(self, call):
         head = self.store.head()
         return {"size": head["size"], "hash": head["hash"], "projected": self.store.projector_position()}
 
-    @api("GET", "/api/v1/audit/entries", roles=READERS, query=s.EntriesQuery, summary="Ledger entries in order")
+    @api("GET", "/api/v1/audit/entries", roles=READERS, query=s.EntriesQuery, response=s.EntryPage, summary="Ledger entries in order")
     def list_entries(self, call):
         query = call.query
         if "event_id" in query:
@@ -127,7 +127,7 @@ class AuditService(ServiceBase):
         return {"items": [entry_view(d) for d in docs],
                 "next_cursor": docs[-1]["position"] if len(docs) == query["limit"] else None}
 
-    @api("GET", "/api/v1/audit/entries/<position>", roles=READERS, summary="One ledger entry")
+    @api("GET", "/api/v1/audit/entries/<position>", roles=READERS, response=s.EntryOut, summary="One ledger entry")
     def get_entry(self, call):
         return entry_view(self._entry(number(call.path, "position")))
 
@@ -137,7 +137,7 @@ class AuditService(ServiceBase):
             raise NotFound(f"no ledger entry at position {position}")
         return doc
 
-    @api("GET", "/api/v1/audit/verify", roles=READERS, summary="Verify the whole ledger against its hashes and checkpoints")
+    @api("GET", "/api/v1/audit/verify", roles=READERS, response=s.VerifyOut, summary="Verify the whole ledger against its hashes and checkpoints")
     def verify(self, call):
         head = self.store.head()
         entries = [{"position": e["position"], "event": e["event"], "prev_hash": e["prev_hash"], "hash": e["hash"]}
@@ -148,7 +148,7 @@ class AuditService(ServiceBase):
         return {"ok": not problems, "entries": len(entries), "head_size": head["size"],
                 "checkpoints": len(checkpoints), "problems": problems}
 
-    @api("GET", "/api/v1/audit/export", roles=READERS,
+    @api("GET", "/api/v1/audit/export", roles=READERS, other_types=("application/x-ndjson",),
          summary="The ledger as JSON lines (key, checkpoints, entries) for the offline verifier")
     def export(self, call):
         store, public_pem = self.store, self.signer.public_pem
@@ -166,11 +166,11 @@ class AuditService(ServiceBase):
                         headers={"Content-Disposition": 'attachment; filename="audit-ledger.jsonl"'})
 
     # -- checkpoints and proofs ------------------------------------------------------------------
-    @api("GET", "/api/v1/audit/public-key", roles=READERS, summary="The checkpoint signing key (PEM)")
+    @api("GET", "/api/v1/audit/public-key", roles=READERS, response=s.PublicKeyOut, summary="The checkpoint signing key (PEM)")
     def public_key(self, call):
         return {"key_id": self.signer.key_id, "algorithm": "Ed25519", "public_key": self.signer.public_pem}
 
-    @api("POST", "/api/v1/audit/checkpoints", roles=("officer", "ops"), status=201,
+    @api("POST", "/api/v1/audit/checkpoints", roles=("officer", "ops"), status=201, response=s.CheckpointOut,
          summary="Sign a checkpoint over the entries so far now")
     def create_checkpoint(self, call):
         checkpoint = self._checkpoint()
@@ -239,7 +239,7 @@ class AuditService(ServiceBase):
         problems.sort(key=lambda p: (p["position"], p["kind"]))
         return prefix + leaves, problems, {e["position"]: e["event_id"] for e in entries}
 
-    @api("GET", "/api/v1/audit/checkpoints", roles=READERS, query=s.PageQuery, summary="Signed checkpoints")
+    @api("GET", "/api/v1/audit/checkpoints", roles=READERS, query=s.PageQuery, response=s.CheckpointPage, summary="Signed checkpoints")
     def list_checkpoints(self, call):
         docs = self.store.checkpoints(call.query["after"], call.query["limit"])
         return {"items": [checkpoint_view(d) for d in docs],
@@ -251,11 +251,11 @@ class AuditService(ServiceBase):
             raise NotFound(f"no checkpoint of size {size}" if size is not None else "no checkpoint yet")
         return doc
 
-    @api("GET", "/api/v1/audit/checkpoints/<size>", roles=READERS, summary="One checkpoint")
+    @api("GET", "/api/v1/audit/checkpoints/<size>", roles=READERS, response=s.CheckpointOut, summary="One checkpoint")
     def get_checkpoint(self, call):
         return checkpoint_view(self._checkpoint_at(number(call.path, "size")))
 
-    @api("GET", "/api/v1/audit/entries/<position>/proof", roles=READERS, query=s.ProofQuery,
+    @api("GET", "/api/v1/audit/entries/<position>/proof", roles=READERS, query=s.ProofQuery, response=s.InclusionOut,
          summary="Inclusion proof of an entry in a checkpoint (RFC 9162)")
     def inclusion_proof(self, call):
         position = number(call.path, "position")
@@ -269,6 +269,7 @@ class AuditService(ServiceBase):
         return {"entry": entry_view(entry), "checkpoint": checkpoint_view(checkpoint), "proof": proof.serialize()}
 
     @api("GET", "/api/v1/audit/checkpoints/<size>/consistency", roles=READERS, query=s.ConsistencyQuery,
+         response=s.ConsistencyOut,
          summary="Consistency proof from one checkpoint to a later one (RFC 9162)")
     def consistency_proof(self, call):
         older = self._checkpoint_at(number(call.path, "size"))
@@ -284,7 +285,8 @@ class AuditService(ServiceBase):
         return {"older": checkpoint_view(older), "newer": checkpoint_view(newer), "proof": proof}
 
     # -- reports -----------------------------------------------------------------------------------
-    @api("GET", "/api/v1/audit/reports/fund-use", roles=READERS, query=s.ReportQuery,
+    @api("GET", "/api/v1/audit/reports/fund-use", roles=READERS, query=s.ReportQuery, response=s.ReportOut,
+         other_types=("text/csv",),
          summary="Fund use grouped by programme, region, tier, service_code, agency or month")
     def fund_use(self, call):
         query = call.query
@@ -300,6 +302,7 @@ class AuditService(ServiceBase):
                 "through_position": self.store.projector_position() - 1}
 
     @api("GET", "/api/v1/audit/reports/fund-use/entries", roles=READERS, query=s.DrilldownQuery,
+         response=s.DrilldownOut, other_types=("text/csv",),
          summary="The ledger entries behind a report figure")
     def fund_use_entries(self, call):
         query = call.query
@@ -317,7 +320,7 @@ class AuditService(ServiceBase):
                 "next_cursor": facts[-1]["_id"] if len(facts) == query["limit"] else None}
 
     # -- reconciliation ------------------------------------------------------------------------------
-    @api("GET", "/api/v1/audit/reconciliation", roles=READERS, query=s.ReconcileQuery,
+    @api("GET", "/api/v1/audit/reconciliation", roles=READERS, query=s.ReconcileQuery, response=s.ReconciliationOut,
          summary="Balances rebuilt from the ledger against the vouchers service's own, per programme and voucher")
     def reconciliation(self, call):
         wanted = call.query.get("programme")
@@ -401,14 +404,14 @@ class AuditService(ServiceBase):
         return {"voucher_id": voucher_id, "differences": diff, "entries": entries}
 
     # -- red flags -----------------------------------------------------------------------------------
-    @api("GET", "/api/v1/audit/anomalies", roles=READERS, query=s.AnomalyQuery, summary="Red flags raised")
+    @api("GET", "/api/v1/audit/anomalies", roles=READERS, query=s.AnomalyQuery, response=s.AnomalyPage, summary="Red flags raised")
     def list_anomalies(self, call):
         query = call.query
         docs = self.store.anomalies(query.get("rule"), query.get("after"), query["limit"])
         return {"items": [anomaly_view(d) for d in docs],
                 "next_cursor": docs[-1]["_id"] if len(docs) == query["limit"] else None}
 
-    @api("GET", "/api/v1/audit/anomalies/<anomaly_id>", roles=READERS, summary="One red flag with its evidence")
+    @api("GET", "/api/v1/audit/anomalies/<anomaly_id>", roles=READERS, response=s.AnomalyOut, summary="One red flag with its evidence")
     def get_anomaly(self, call):
         doc = self.store.anomaly(call.path["anomaly_id"])
         if doc is None:
