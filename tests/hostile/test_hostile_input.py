@@ -21,6 +21,7 @@ WITH_ROUTES = sorted(name for name, cls in SERVICES.items() if api_routes(cls))
 # NUL, ESC, a C1 control (NEL), DEL, RIGHT-TO-LEFT OVERRIDE, RIGHT-TO-LEFT ISOLATE, a lone surrogate
 BAD_CHARACTERS = ["\x00", "\x1b", "\x85", "\x7f", "\u202e", "\u2067", "\ud800"]
 DEEP = b"[" * 10_000 + b"]" * 10_000
+TIMERS_WRITE = {"ledger_meta"}   # the audit projector's cursor, created by its timer whatever the requests do
 
 
 def string_fields(schema, prefix=""):
@@ -139,7 +140,7 @@ def test_hostile_requests_get_a_json_4xx_naming_the_problem_and_store_nothing(st
     db = MongoClient(mongo_uri)[container.config["MONGO_DB"]]
 
     def stored():
-        return {name: db[name].count_documents({}) for name in db.list_collection_names()}
+        return {name: db[name].count_documents({}) for name in db.list_collection_names() if name not in TIMERS_WRITE}
     before = stored()
     check = Checker(client)
     for _, handler in api_routes(SERVICES[service]):
