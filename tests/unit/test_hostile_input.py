@@ -75,3 +75,10 @@ def test_events_off_the_wire_are_read_by_the_same_rule():
 @pytest.mark.parametrize("kind,article", [("order", "an"), ("agency", "an"), ("voucher", "a"), ("programme", "a")])
 def test_state_transition_messages_use_the_right_article(kind, article):
     assert IllegalTransition(kind, "paid", "confirm").message == f"cannot confirm {article} {kind} that is paid"
+
+
+def test_no_service_says_it_is_not_built_yet():
+    from pathlib import Path
+    root = Path(__file__).resolve().parents[2]
+    stale = [str(p.relative_to(root)) for p in root.glob("services/*/*.py") if "not built yet" in p.read_text()]
+    assert not stale, stale
