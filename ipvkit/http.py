@@ -27,9 +27,8 @@ from werkzeug.exceptions import HTTPException
 from werkzeug.wrappers import Request, Response
 
 from ipvkit import logs, metrics, strictjson
-from ipvkit.auth import principal_from_header, require_role
+from ipvkit.auth import principal_from_header, require_role, verifier_for
 from ipvkit.clock import SystemClock
-from ipvkit.config import required
 from ipvkit.errors import ApiError, BadRequest, Conflict, PayloadTooLarge, RuleRefused, UnsupportedMediaType
 from ipvkit.events import new_event
 from ipvkit.storage import IDEMPOTENCY, MongoStore
@@ -178,7 +177,7 @@ class ApiHandler(HttpRequestHandler):
 
     def setup(self):
         super().setup()
-        self.secret = required(self.container.config, "AUTH_SECRET")
+        self.verifier = verifier_for(self.container.config)
         self.clock = SystemClock()
         self.store = find_store(self.container)
 
@@ -215,7 +214,7 @@ class ApiHandler(HttpRequestHandler):
     def _handle(self, request, correlation_id):
         principal = None
         if self.roles != PUBLIC:
-            principal = principal_from_header(self.secret, request.headers.get("Authorization"))
+            principal = principal_from_header(self.verifier, request.headers.get("Authorization"))
             require_role(principal, *self.roles)
         key = request.headers.get("Idempotency-Key") if self.method in WRITE_METHODS and principal else None
         if key is not None and not IDEMPOTENCY_KEY.match(key):
