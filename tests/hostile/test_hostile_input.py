@@ -76,7 +76,8 @@ class Checker:
 
     def __call__(self, label, handler, path, status, names=None, **kwargs):
         role = handler.roles[0] if handler.roles else None
-        response = self.client(handler.method, path, role, "hostile-1", **kwargs)
+        # One subject per role: the realm keeps the role a staff username was first created with.
+        response = self.client(handler.method, path, role, f"hostile-{role}", **kwargs)
         where = f"{handler.method} {handler.url} {label}"
         if response.headers.get("Content-Type") != "application/json":
             self.failures.append(f"{where}: {response.status_code} {response.headers.get('Content-Type')}")
