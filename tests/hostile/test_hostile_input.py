@@ -194,3 +194,13 @@ def test_what_the_hostile_bodies_are_made_of():
     assert named({"tiers": {"0": {"tier": ["x"]}}}, "tiers.0.tier")
     assert not named({"tiers": {"1": {"tier": ["x"]}}}, "tiers.0.tier")
     assert json.loads(DEEP.decode()[:2] + "]]") == [[]]
+
+
+def test_a_correlation_id_that_is_not_a_plain_token_is_replaced_not_echoed_or_logged(start_service):
+    _, client = start_service("enterprises")
+    kept = client("GET", "/api/v1/enterprises", "officer", "o1", headers={"X-Correlation-Id": "req-42.a:b"})
+    assert kept.status_code == 200 and kept.headers["X-Correlation-Id"] == "req-42.a:b"
+    for sent in ("c" * 129, "two words", "é".encode("utf-8").decode("latin-1"), "a\tb", ""):
+        answer = client("GET", "/api/v1/enterprises", "officer", "o1", headers={"X-Correlation-Id": sent})
+        assert answer.status_code == 200
+        assert re.fullmatch(r"[0-9a-f-]{36}", answer.headers["X-Correlation-Id"]), answer.headers
