@@ -17,11 +17,12 @@ from urllib.parse import parse_qsl
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 
+from eventlet import wsgi
 from eventlet.event import Event
 from kombu import Connection
 from marshmallow import ValidationError
 from nameko.web.handlers import HttpRequestHandler
-from nameko.web.server import WebServer, WsgiApp
+from nameko.web.server import HttpOnlyProtocol, WebServer, WsgiApp
 from pymongo.errors import ConnectionFailure, DuplicateKeyError
 from werkzeug.exceptions import HTTPException
 from werkzeug.wrappers import Request, Response
@@ -156,9 +157,56 @@ class _JsonWsgiApp(WsgiApp):
         return response(environ, start_response)
 
 
+class _JsonProtocol(HttpOnlyProtocol):
+    """eventlet answers a request it cannot read (request line or a header too long, a bad
+    Content-Length, a malformed request line) with an empty or HTML body of its own, before any
+    route sees it; the API promises JSON in its one error shape for every answer."""
+
+    ERRORS = {400: "invalid_request", 414: "uri_too_long", 431: "headers_too_large", 505: "invalid_request"}
+
+    def _json_error(self, status, message):
+        body = json.dumps({"error": self.ERRORS.get(status, "invalid_request"), "message": message}).encode()
+        self.wfile.write(b"HTTP/1.1 %d %s\r\nContent-Type: application/json\r\nContent-Length: %d\r\n"
+                         b"Connection: close\r\n\r\n%s" % (status, self.responses.get(status, ("Error",))[0].encode(),
+                                                            len(body), body))
+        self.close_connection = 1
+
+    def _read_request_line(self):
+        line = super()._read_request_line()
+        if len(line) >= self.server.url_length_limit:
+            self._json_error(414, f"the request line is over {self.server.url_length_limit} bytes")
+            return b""  # eventlet then closes the connection without its own answer
+        return line
+
+    def parse_request(self):
+        try:
+            parsed = super().parse_request()
+        except (wsgi.HeaderLineTooLong, wsgi.HeadersTooLarge):
+            self._json_error(431, "the request headers are too large")
+            return False
+        if not parsed:
+            return False
+        length = self.headers.get("content-length")
+        if length is not None and not length.strip().isdigit():
+            self._json_error(400, "Content-Length is not a non-negative integer")
+            return False
+        if length is not None and self.headers.get("transfer-encoding") is not None:
+            self._json_error(400, "Content-Length and Transfer-Encoding are not allowed together")
+            return False
+        return True
+
+    def send_error(self, code, message=None, explain=None):
+        """http.server's answer to a malformed request line or version (an HTML page otherwise)."""
+        self.log_error("code %d, message %s", code, message)
+        self._json_error(code, "the request is malformed")
+
+
 class _JsonWebServer(WebServer):
     def get_wsgi_app(self):
         return _JsonWsgiApp(self)
+
+    def get_wsgi_server(self, sock, wsgi_app, protocol=_JsonProtocol, debug=False):
+        return super().get_wsgi_server(sock, wsgi_app, protocol=protocol, debug=debug)
 
 
 class ApiHandler(HttpRequestHandler):
