@@ -12,6 +12,7 @@ is in the body; register it in PROFILES; add a `SAMPLES` entry for every event t
 """
 import itertools
 import json
+import time
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta, timezone
 
@@ -165,6 +166,11 @@ def seed_audit(client):
         _feed(client, "record", event)
     checkpoint = client("POST", "/api/v1/audit/checkpoints", "ops", "ops-1")
     assert checkpoint.status_code == 201, checkpoint.text
+    # The checkpoint's own event comes back through the audit exchange: recorded before the test starts.
+    deadline = time.monotonic() + 60
+    while client("GET", "/api/v1/audit/head", "auditor", "auditor-1").json()["size"] < 4:
+        assert time.monotonic() < deadline, "the checkpoint's event was not recorded within 60 s"
+        time.sleep(0.1)
     return Seed(path={"position": "1", "size": str(checkpoint.json()["size"])})
 
 
