@@ -30,8 +30,11 @@ from tests.issuer import LocalIssuer
 ROOT = Path(__file__).resolve().parents[2]
 PY = sys.executable
 # The shared stack's settings must not leak into the private one (stack.sh would treat it as external).
+# Keycloak is the exception: the private stack's services trust the tests' own issuer, so the shared
+# Keycloak (KEYCLOAK_URL) stays someone else's server to stack.sh, not one it would import a realm into
+# with the private var dir's (absent) admin password.
 SHARED_VARS = ("AMQP_URI", "MONGO_URI", "TEST_AMQP_URI", "IPV_LOCAL_STACK", "IPV_VAR", "IPV_AMQP_PORT",
-               "IPV_RABBIT_DIST_PORT", "IPV_MONGO_PORT", "IPV_RABBIT_NODE")
+               "IPV_RABBIT_DIST_PORT", "IPV_MONGO_PORT", "IPV_RABBIT_NODE", "IPV_LOCAL_KEYCLOAK")
 
 
 def free_port():
