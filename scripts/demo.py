@@ -4,6 +4,7 @@ where to look. Every write carries a fixed Idempotency-Key, so running it again 
 The story: two qualified enterprises, two agencies (one rated A+ by a bonus, one C, below the line),
 an open 玉环-style programme, a voucher, and one order taken all the way to payment, one left open."""
 import json
+import os
 import sys
 import time
 import urllib.error
