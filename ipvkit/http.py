@@ -12,10 +12,11 @@ import logging
 import re
 import time
 import uuid
+from collections import Counter
 from functools import partial
-from urllib.parse import parse_qsl
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
+from urllib.parse import parse_qsl
 
 from eventlet import wsgi
 from eventlet.event import Event
@@ -107,12 +108,12 @@ def _query(request):
                           encoding="utf-8", errors="strict")
     except UnicodeDecodeError:
         raise BadRequest("the query string is not UTF-8", fields={"query": ["not UTF-8"]})
-    query = dict(pairs)
-    if len(query) != len(pairs):
-        twice = {name for name, _ in pairs if sum(n == name for n, _ in pairs) > 1}
+    counts = Counter(name for name, _ in pairs)
+    twice = sorted(name for name, n in counts.items() if n > 1)
+    if twice:
         raise BadRequest("a query parameter appears more than once",
-                         fields={printable(name): ["appears more than once"] for name in sorted(twice)})
-    return query
+                         fields={printable(name): ["appears more than once"] for name in twice})
+    return dict(pairs)
 
 
 @dataclass
