@@ -132,12 +132,21 @@ class Client:
     def post(self, path, role="officer"):
         return requests.post(self.base + path, headers=self.token(role, "o1"), timeout=30)
 
-    def wait_projected(self, count, timeout=15):
-        with eventlet.Timeout(timeout, AssertionError(f"the ledger did not reach {count} projected entries")):
+    def wait_projected(self, sent, timeout=60):
+        """Until the read models include `sent` (events, the last one published last) or, given a number,
+        that many entries. By the last event, not by a count: the service's own events (its red flags,
+        its checkpoints) come back into the ledger among them, at a place that depends on timing."""
+        what = f"{sent} entries" if isinstance(sent, int) else f"the {len(sent)} events sent"
+        with eventlet.Timeout(timeout, AssertionError(f"the read models did not include {what} in {timeout}s")):
             while True:
                 head = self.get("/api/v1/audit/head").json()
-                if head["size"] >= count and head["projected"] >= count:
-                    return head
+                if isinstance(sent, int):
+                    if head["size"] >= sent and head["projected"] >= sent:
+                        return head
+                else:
+                    last = self.get("/api/v1/audit/entries", event_id=sent[-1]["event_id"]).json()["items"]
+                    if last and head["projected"] > last[0]["position"]:
+                        return head
                 eventlet.sleep(0.1)
 
 
@@ -166,7 +175,7 @@ def test_fund_use_reports_match_hand_computed_figures_and_drill_down_to_entries(
     api = audit()
     ev = Events(amqp_uri)
     paid = seed_life_cycles(ev)
-    api.wait_projected(len(ev.sent))
+    api.wait_projected(ev.sent)
 
     by_programme = api.get("/api/v1/audit/reports/fund-use", by="programme").json()
     assert {k: v for k, v in row(by_programme, "P1").items() if k.endswith(("_fen", "_count"))} == {
@@ -244,7 +253,7 @@ def test_red_flags_carry_their_evidence_and_are_published(audit, amqp_uri, event
                      sha="ef" * 32)
     caps = [ev.claim("claim.submitted", f"K{n}", f"O{n}", "V1", "P1", E1, "A1", 50_000, "2026-05-10",
                      invoice=f"INV-K{n}", sha=f"{n:02d}" * 32) for n in (5, 6, 7)]
-    api.wait_projected(len(ev.sent))
+    api.wait_projected(ev.sent)
 
     flags = {f["rule"]: f for f in api.get("/api/v1/audit/anomalies").json()["items"]}
     assert sorted(flags) == ["agency_concentration", "claims_at_cap", "duplicate_evidence", "order_after_downgrade",
@@ -263,7 +272,7 @@ def test_red_flags_carry_their_evidence_and_are_published(audit, amqp_uri, event
     assert {e["data"]["rule"] for e in published} == set(flags)
     one = api.get(f"/api/v1/audit/anomalies/{flags['split_orders']['anomaly_id']}").json()
     assert one["summary"].startswith("2 orders for PAT-01 with agency A1")
-    with eventlet.Timeout(10):  # the flags' own events come back through the audit exchange into the ledger
+    with eventlet.Timeout(60):  # the flags' own events come back through the audit exchange into the ledger
         while len(api.get("/api/v1/audit/entries", type="audit.anomaly_detected").json()["items"]) < 6:
             eventlet.sleep(0.1)
 
@@ -290,7 +299,7 @@ def test_reconciliation_reports_each_difference_with_the_entries_behind_it(audit
     api = audit(AUDIT_RPC_TIMEOUT_S=1)
     ev = Events(amqp_uri)
     seed_life_cycles(ev)
-    api.wait_projected(len(ev.sent))
+    api.wait_projected(ev.sent)
     stopped = api.get("/api/v1/audit/reconciliation").json()      # no vouchers service yet: the ledger's side
     assert (stopped["ok"], stopped["compared"]) == (False, False) and "not running" in stopped["reason"]
     assert [(b["programme_id"], b["paid"], b["held"]) for b in stopped["ledger_balances"]] == [

@@ -42,7 +42,7 @@ class Prometheus:
         assert len(result) <= 1, result
         return float(result[0]["value"][1]) if result else None
 
-    def wait_for(self, expr, check, timeout=20):
+    def wait_for(self, expr, check, timeout=90):  # generous: a loaded machine misses 1 s scrapes, it is not broken
         deadline = time.monotonic() + timeout
         while True:
             got = self.value(expr)
