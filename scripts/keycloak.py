@@ -204,6 +204,11 @@ class Keycloak:
             "grant_type": "refresh_token", "client_id": client_id, "refresh_token": refresh_token})
         return answer
 
+    def logout(self, refresh_token, client_id=CLI_CLIENT):
+        """Ends the session at the realm's end-session endpoint (as signing out does)."""
+        _request("POST", f"{self.url}/realms/{REALM}/protocol/openid-connect/logout",
+                 form={"client_id": client_id, "refresh_token": refresh_token})
+
     def sign_in(self, username, password, otp_secret=None):
         """Password grant with the TOTP code of now; a code already used (Keycloak refuses a code twice)
         is followed by the next period's."""
