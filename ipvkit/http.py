@@ -129,8 +129,9 @@ class ApiHandler(HttpRequestHandler):
     server = _JsonWebServer()  # every handler of a service must share it: OpsHandler too
 
     def __init__(self, method, url, *, roles, body=None, query=None, response=None, status=200,
-                 summary="", **kwargs):
+                 summary="", unverified=False, **kwargs):
         self.roles = tuple(roles)
+        self.unverified = unverified  # also for enterprise accounts an officer has not verified yet
         self.body_schema = body
         self.query_schema = query
         self.response_schema = response
@@ -178,7 +179,7 @@ class ApiHandler(HttpRequestHandler):
         principal = None
         if self.roles != PUBLIC:
             principal = principal_from_header(self.verifier, request.headers.get("Authorization"))
-            require_role(principal, *self.roles)
+            require_role(principal, *self.roles, unverified=self.unverified)
         call = Call(principal=principal, path=dict(request.path_values), correlation_id=correlation_id)
         _refuse_huge_integers(call.path, "path")
         call.query = self._load(self.query_schema, request.args.to_dict(flat=True), "query")

@@ -3,6 +3,7 @@
     python scripts/keycloak.py import            # the realm from deploy/keycloak/ (again when a file changed)
     python scripts/keycloak.py token ROLE [SUBJECT]
     python scripts/keycloak.py users              # the demo users, their password and TOTP
+    python scripts/keycloak.py admin USER ROLE    # a first officer/auditor/ops (make admin USER= ROLE=)
 
 Local only: it signs in to the master realm as the administrator stack.sh created (password in
 var/keycloak/admin-password), and gets people's tokens by the password grant of the local `ipv-cli`
@@ -138,9 +139,31 @@ class Keycloak:
                 raise
             return self.user_id(username)
         uid = headers["Location"].rsplit("/", 1)[1]
-        _, role_rep, _ = self.admin("GET", f"/{REALM}/roles/{role}")
-        self.admin("POST", f"/{REALM}/users/{uid}/role-mappings/realm", [role_rep])
+        self.set_only_role(uid, role)
         return uid
+
+    def set_only_role(self, uid, role):
+        """`role` and not the realm's default roles, whose `enterprise` is for self-registered accounts."""
+        _, wanted, _ = self.admin("GET", f"/{REALM}/roles/{role}")
+        _, held, _ = self.admin("GET", f"/{REALM}/users/{uid}/role-mappings/realm")
+        self.admin("POST", f"/{REALM}/users/{uid}/role-mappings/realm", [wanted])
+        others = [r for r in held or [] if r["name"] != role]
+        if others:
+            self.admin("DELETE", f"/{REALM}/users/{uid}/role-mappings/realm", others)
+
+    def bootstrap_staff(self, username, role, email=None):
+        """An officer, auditor or ops account made by the administrator: a one-time password, changed at the
+        first sign-in, where the person also sets up TOTP. Returns that password."""
+        import secrets
+        if role not in STAFF:
+            raise ValueError(f"staff roles are {', '.join(STAFF)}")
+        password = "Aa1!" + secrets.token_urlsafe(15)
+        _, _, headers = self.admin("POST", f"/{REALM}/users", {
+            "username": username, "email": email or f"{username}@local.invalid", "enabled": True,
+            "requiredActions": ["UPDATE_PASSWORD", "CONFIGURE_TOTP"],
+            "credentials": [{"type": "password", "value": password, "temporary": True}]})
+        self.set_only_role(headers["Location"].rsplit("/", 1)[1], role)
+        return password
 
     def local_password(self):
         """The password of users made on the fly for local tokens and tests (random per checkout)."""
@@ -294,13 +317,23 @@ def print_users():
 
 
 def main(argv):
-    if not argv or argv[0] not in ("import", "token", "users"):
+    if not argv or argv[0] not in ("import", "token", "users", "admin"):
         sys.exit(__doc__)
     if argv[0] == "users":
         return print_users()
     kc = Keycloak()
     if argv[0] == "import":
         return kc.import_realm()
+    if argv[0] == "admin":
+        if len(argv) != 3:
+            sys.exit(f"usage: make admin USER=<username> ROLE=<{'|'.join(STAFF)}>")
+        try:
+            password = kc.bootstrap_staff(argv[1], argv[2])
+        except (ValueError, KeycloakError) as exc:
+            sys.exit(str(exc))
+        print(f"{argv[2]} {argv[1]}: one-time password {password}\n"
+              f"Sign in at {kc.url}/realms/{REALM}/account: Keycloak asks for a new password and sets up TOTP.")
+        return None
     if len(argv) not in (2, 3):
         sys.exit(f"usage: make token ROLE=<{'|'.join(ROLES)}> [SUBJECT=<id>]")
     tokens = Tokens(kc, cache_file=kc.dir / "tokens.json")
