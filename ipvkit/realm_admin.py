@@ -102,7 +102,7 @@ class RealmAdmin:
             self.call("DELETE", f"/users/{user_id}/role-mappings/realm", others)
 
     # -- sign-in events ----------------------------------------------------------------------------
-    def events(self, since_ms, first=0, page=100):
+    def events(self, since_ms, first=0, page=100):  # page: services/audit/identity.PAGE
         """The realm's user events (sign-in, failure, ...) from `since_ms` on, oldest first."""
         query = urllib.parse.urlencode({"dateFrom": since_ms, "first": first, "max": page, "direction": "asc"})
         return self.call("GET", f"/events?{query}")[1] or []

@@ -22,7 +22,8 @@ from ipvkit.consumer import consume
 from ipvkit.errors import ApiError, BadRequest, NotFound, RuleRefused
 from ipvkit.events import new_event
 from ipvkit.http import ServiceBase, api
-from services.audit import domain, ledger, metrics, projector
+from ipvkit.realm_admin import Realm
+from services.audit import domain, identity, ledger, metrics, projector
 from services.audit import schemas as s
 from services.audit.keys import SigningKey
 from services.audit.storage import AuditStore
@@ -85,6 +86,7 @@ class AuditService(ServiceBase):
     signer = SigningKey()
     vouchers = RpcProxy("vouchers")
     config = Config()
+    realm = Realm()
 
     @property
     def thresholds(self):
@@ -94,6 +96,9 @@ class AuditService(ServiceBase):
     @consume([(producer, "#") for producer in PRODUCERS])
     def record(self, event):
         """Appends every event of every service, once, then brings the read models up to date."""
+        return self._append(event)
+
+    def _append(self, event):
         now = self.clock.now()
         entry, appended = self.store.append(event, now)
         if appended:
@@ -102,6 +107,20 @@ class AuditService(ServiceBase):
             metrics.LAG.observe(max((now - occurred).total_seconds(), 0))
         projector.run(self.store, now, self.thresholds)
         return entry["position"]
+
+    @timer(interval=5)
+    def record_sign_ins(self):
+        """Sign-in events (success, failure, lockout, sign-out) and account and role changes, from Keycloak
+        into the ledger, each once. Without the tooling client (IDENTITY_CLIENT_SECRET) there is nothing
+        to read; with Keycloak away, the next tick reads what this one missed."""
+        if self.realm is None:
+            return 0
+        try:
+            return identity.collect(self.realm, self.store, self._append,
+                                    int(self.config.get("AUDIT_IDENTITY_SINCE_MS") or 0))
+        except ApiError as exc:
+            log.warning("sign-in events not read this time: %s", exc.message)
+            return 0
 
     @timer(interval=1)
     def project(self):
