@@ -113,6 +113,11 @@ class AuditRepo(Repo):
         """Every stored entry in position order, streamed (one scan, never all in memory)."""
         return self.db[ENTRIES].find({}, {"leaf": 0, "appended_at": 0}).sort("_id", ASCENDING).batch_size(batch)
 
+    def entries_between(self, start, size, batch=2000):
+        """The stored entries at positions start..size-1, in position order, with their stored leaves."""
+        return self.db[ENTRIES].find({"position": {"$gte": start, "$lt": size}}, {"appended_at": 0}).sort(
+            "_id", ASCENDING).batch_size(batch)
+
     def leaves(self, size):
         """The stored Merkle leaves of the first `size` entries."""
         cursor = self.db[ENTRIES].find({"position": {"$lt": size}}, {"leaf": 1}).sort("_id", ASCENDING)
