@@ -126,17 +126,16 @@ class Client:
     a service's instances, as the ingress would)."""
 
     def __init__(self, client_id, routes, secret):
-        from ipvkit.auth import issue_token
         self.client_id, self.routes, self.session = client_id, routes, requests.Session()
-        self._tokens, self._issue, self._secret = {}, issue_token, secret
+        self._tokens, self._secret = {}, secret
 
     def call(self, method, path, role, subject, **kwargs):
+        from bench.auth import bearer
         token = self._tokens.get((role, subject))
         if token is None:
-            token = self._tokens[(role, subject)] = self._issue(self._secret, role, subject)
+            token = self._tokens[(role, subject)] = bearer(self._secret, role, subject)
         base = random.choice(self.routes["/".join(path.split("/")[:4])])
-        return self.session.request(method, base + path, headers={"Authorization": f"Bearer {token}"},
-                                    timeout=30, **kwargs)
+        return self.session.request(method, base + path, headers={"Authorization": token}, timeout=30, **kwargs)
 
 
 def drive(process_no, clients, seconds, routes, secret, shared):

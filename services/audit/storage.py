@@ -7,6 +7,10 @@ then advances the head with a guard on `size`. Two pods racing for a position: o
 the other gets a duplicate key and tries the next position. A crash between the insert and the
 head update leaves an entry one past the head; whoever appends next (or the service at start)
 finds it and advances the head over it (`repair_head`). Positions are gap-free and ordered.
+
+What the rules remember (split orders, evidence reuse, claims at the cap, orders per region) is kept
+per key in documents that stop growing: a count and at most KEPT items (the first ones, or the most
+recent in a ring), because every write of a document on FerretDB costs as much as the document is big.
 """
 from eventlet.semaphore import Semaphore
 from pymongo import ASCENDING, IndexModel, ReturnDocument
@@ -15,12 +19,15 @@ from pymongo.errors import DuplicateKeyError
 from ipvkit.storage import MongoStore, Repo
 from services.audit import ledger
 
-ENTRIES, UNPROJECTED, META, CHECKPOINTS = "entries", "unprojected", "ledger_meta", "checkpoints"
+ENTRIES, META, CHECKPOINTS = "entries", "ledger_meta", "checkpoints"
 FACTS, ANOMALIES = "facts", "anomalies"
 PROGRAMMES, VOUCHERS, ORDERS, AGENCIES, ENTERPRISES = "programmes", "vouchers", "orders", "agencies", "enterprises"
-EVIDENCE, SPLITS, GROUPS, CAP_CLAIMS = "evidence", "splits", "groups", "cap_claims"
+# One collection of bounded tallies, keyed "<rule>:<key>" (it replaced growing lists per rule).
+TALLIES = "tallies"
+SPLITS, EVIDENCE, CAP_CLAIMS, GROUPS = "split", "evidence", "cap", "group"
 HEAD, PROJECTOR = "head", "projector"
 DIMENSIONS = ("programme", "region", "tier", "service_code", "agency", "month")
+KEPT = 20  # items a remembered key keeps: evidence enough for a flag, a document that stays small
 
 
 def key(position):
@@ -29,10 +36,10 @@ def key(position):
 
 
 class AuditRepo(Repo):
-    """FerretDB 1.24 (SQLite) uses no index for a query: every find scans its collection (a
-    unique index is still enforced on insert). So the append path reads only the small head
-    collection and leaves duplicate detection to the unique indexes, and each new entry is also
-    put in the small `unprojected` collection the projector reads and empties."""
+    """FerretDB 1.24 (SQLite) uses no secondary index for a query: a find by anything but `_id`
+    scans its collection (a unique index is still enforced on insert). So the append path reads
+    only the head and leaves duplicate detection to the unique indexes, and the projector reads
+    entries by `_id` (their position)."""
 
     # -- the ledger --------------------------------------------------------------------------
     def head(self):
@@ -45,7 +52,6 @@ class AuditRepo(Repo):
             orphan = self.entry(head["size"])
             if orphan is None:
                 return head
-            self._insert_once(UNPROJECTED, orphan)
             self._advance(head, orphan)
 
     def append(self, event, now):
@@ -74,7 +80,6 @@ class AuditRepo(Repo):
                 if existing is not None:
                     return existing, False
                 continue
-            self._insert_once(UNPROJECTED, entry)
             self._advance(head, entry)
             return entry, True
 
@@ -94,13 +99,6 @@ class AuditRepo(Repo):
 
     def entry_by_event(self, event_id):
         return self.db[ENTRIES].find_one({"event_id": event_id})
-
-    def unprojected(self, position):
-        """The entry at `position` if the projector has not applied it yet (a small collection)."""
-        return self.db[UNPROJECTED].find_one({"_id": key(position)}) or self.entry(position)
-
-    def projected(self, position):
-        self.db[UNPROJECTED].delete_one({"_id": key(position)})
 
     def entries(self, after=-1, limit=100, type_=None):
         """A page in position order (a scan on FerretDB; for people browsing, not hot paths)."""
@@ -183,29 +181,42 @@ class AuditRepo(Repo):
         projection = {k: 1 for k in fields} if fields else None
         return self.db[FACTS].find(match, projection).sort("_id", ASCENDING)
 
-    # -- what the rules remember, one document per key (string `_id` lookups only) ------------
-    def remember(self, collection, key_, item):
-        """Adds `item` to the list kept under `key_` (once) and returns the whole list."""
-        self.db[collection].update_one({"_id": key_}, {"$addToSet": {"items": item}}, upsert=True)
-        return sorted(self.db[collection].find_one({"_id": key_})["items"], key=lambda i: i["position"])
+    # -- what the rules remember, one small document per key (read and written by `_id`) -----
+    def tally(self, rule, key_, position, item=None, recent=False):
+        """Counts the entry at `position` under the rule's `key_` once and keeps `item` among the
+        key's first KEPT items, or with `recent` among its last KEPT (a ring). Returns (count, items
+        in ledger order). Re-applying an entry (positions only grow under the projector) changes nothing."""
+        coll, key_ = self.db[TALLIES], f"{rule}:{key_}"
+        while True:
+            doc = coll.find_one({"_id": key_})
+            if doc is not None and doc["last"] >= position:
+                return doc["n"], self._items(doc)
+            n = doc["n"] if doc else 0
+            slot = n % KEPT if recent else n
+            if doc is None:
+                try:
+                    coll.insert_one({"_id": key_, "n": 1, "last": position, "items": {"0": item} if item else {}})
+                    return 1, [item] if item else []
+                except DuplicateKeyError:
+                    continue  # another projector run counted it first
+            update = {"$inc": {"n": 1}, "$set": {"last": position}}
+            if item and slot < KEPT:
+                update["$set"][f"items.{slot}"] = item
+            done = coll.find_one_and_update({"_id": key_, "n": n}, update, return_document=ReturnDocument.AFTER)
+            if done is not None:
+                return done["n"], self._items(done)
+
+    @staticmethod
+    def _items(doc):
+        return sorted(doc["items"].values(), key=lambda i: i["position"])
 
     def count_order(self, group, agency_id, position, event_id):
         """Counts an order in its group and for its agency, once per position. Returns (orders in
-        the group, orders of the agency in the group, the agency's first 1,000 there)."""
-        counts = []
-        for key_ in (f"group:{group}", f"group:{group}|{agency_id}"):
-            current = self.db[GROUPS].find_one({"_id": key_}) or {"n": 0, "last": -1, "orders": []}
-            if current["last"] < position:
-                update = {"$inc": {"n": 1}, "$set": {"last": position}}
-                if len(current["orders"]) < 1000:
-                    update["$push"] = {"orders": {"position": position, "event_id": event_id}}
-                try:
-                    self.db[GROUPS].update_one({"_id": key_, "last": current["last"]} if current["last"] >= 0
-                                               else {"_id": key_}, update, upsert=True)
-                except DuplicateKeyError:
-                    pass  # another projector run counted it (its lease expired mid-entry)
-            counts.append(self.db[GROUPS].find_one({"_id": key_}))
-        return counts[0]["n"], counts[1]["n"], counts[1]["orders"]
+        the group, orders of the agency in the group, the agency's first KEPT there)."""
+        item = {"position": position, "event_id": event_id}
+        total, _ = self.tally(GROUPS, group, position)
+        of_agency, orders = self.tally(GROUPS, f"{group}|{agency_id}", position, item)
+        return total, of_agency, orders
 
     # -- anomalies -------------------------------------------------------------------------------
     def add_anomaly(self, doc, event, now):
@@ -234,6 +245,7 @@ class AuditStore(MongoStore):
     def setup(self):
         super().setup()
         self.append_lock = Semaphore()
+        self.projecting = Semaphore()
 
     def start(self):
         super().start()

@@ -21,7 +21,7 @@ from pymongo import MongoClient  # noqa: E402
 from stdnum.cn import uscc  # noqa: E402
 
 from ipvkit.amqp import events_exchange  # noqa: E402
-from ipvkit.auth import issue_token  # noqa: E402
+from bench.auth import bearer  # noqa: E402
 from ipvkit.events import new_event  # noqa: E402
 from services.providers.service import ProvidersService  # noqa: E402
 from tests.conftest import dumps, free_port  # noqa: E402
@@ -51,7 +51,7 @@ def main():
     container.start()
     base = f"http://{config['WEB_SERVER_ADDRESS']}"
     session = requests.Session()
-    session.headers["Authorization"] = "Bearer " + issue_token(secret, "officer", "bench")
+    session.headers["Authorization"] = bearer(secret, "officer", "bench")
     try:
         for i in range(AGENCIES):
             session.post(f"{base}/api/v1/agencies", json={

@@ -24,7 +24,7 @@ from pymongo import MongoClient  # noqa: E402
 from stdnum.cn import uscc  # noqa: E402
 
 from ipvkit.amqp import events_exchange  # noqa: E402
-from ipvkit.auth import issue_token  # noqa: E402
+from bench.auth import bearer  # noqa: E402
 from tests.conftest import dumps, free_port  # noqa: E402
 from tests.integration.test_vouchers_api import PROGRAMME, agency_registered, qualification_granted  # noqa: E402
 
@@ -54,11 +54,11 @@ def main():
     session.mount("http://", adapter)
 
     def auth(role, subject):
-        return {"Authorization": "Bearer " + issue_token(secret, role, subject)}
+        return {"Authorization": bearer(secret, role, subject)}
     try:
         for _ in range(100):
             try:
-                if session.get(f"{base}/health/ready").ok:
+                if session.get(f"{base}/readyz").ok:
                     break
             except requests.ConnectionError:
                 pass
