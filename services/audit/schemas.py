@@ -63,3 +63,6 @@ class AnomalyQuery(Schema):
 
 class ReconcileQuery(Schema):
     programme = fields.String(validate=ID)
+    # A page of programmes in id order (each costs the vouchers service's figures per voucher).
+    after = fields.String(validate=ID)
+    limit = fields.Integer(load_default=20, validate=validate.Range(1, 100))

@@ -12,9 +12,11 @@ What the rules remember (split orders, evidence reuse, claims at the cap, orders
 per key in documents that stop growing: a count and at most KEPT items (the first ones, or the most
 recent in a ring), because every write of a document on FerretDB costs as much as the document is big.
 """
+import uuid
+
 from eventlet.semaphore import Semaphore
 from pymongo import ASCENDING, IndexModel, ReturnDocument
-from pymongo.errors import DuplicateKeyError
+from pymongo.errors import BulkWriteError, DuplicateKeyError
 
 from ipvkit.storage import MongoStore, Repo
 from services.audit import ledger
@@ -62,10 +64,12 @@ class AuditRepo(Repo):
             return self._append(event, now)
 
     def _append(self, event, now):
+        """Two writes in the usual case: the entry, keyed by its position, and the head. The head
+        as this process last left it saves a read; a position found taken re-reads it."""
         encoded = ledger.canonical(event)
         stored_event = ledger.plain(event)
         while True:
-            head = self.head()
+            head = self.store.head_cache or self.head()
             entry = {"_id": key(head["size"]), "position": head["size"], "event_id": event["event_id"],
                      "type": event["type"], "event": stored_event, "prev_hash": head["hash"],
                      "hash": ledger.chain_hash(head["hash"], encoded),
@@ -73,14 +77,21 @@ class AuditRepo(Repo):
             try:
                 self.db[ENTRIES].insert_one(entry)
             except DuplicateKeyError:
-                # The position is taken (another pod, or an entry a crash left uncounted), or the
-                # event is already in the ledger (a redelivery: event_id is unique).
-                existing = self.entry_by_event(event["event_id"])
+                # The position is taken (by another pod, or by this event: a crash before its
+                # head update), or the event is already in the ledger (a redelivery: event_id is
+                # unique, and only then is the slower lookup by event_id needed).
+                self.store.head_cache = None
+                taken = self.entry(head["size"])
+                if taken is not None and taken["event_id"] != event["event_id"]:
+                    self.repair_head()
+                    continue
+                existing = taken or self.entry_by_event(event["event_id"])
                 self.repair_head()
                 if existing is not None:
                     return existing, False
                 continue
             self._advance(head, entry)
+            self.store.head_cache = {"_id": HEAD, "size": head["size"] + 1, "hash": entry["hash"]}
             return entry, True
 
     def _advance(self, head, entry):
@@ -138,18 +149,27 @@ class AuditRepo(Repo):
     # -- the projector's cursor ----------------------------------------------------------------
     def claim_projector(self, now, lease):
         """The read models are built by one pod at a time, in ledger order. Returns the position
-        to apply next, or None when another pod holds the lease."""
-        try:
-            self.db[META].insert_one({"_id": PROJECTOR, "position": 0, "lease_until": now + lease})
-            return 0
-        except DuplicateKeyError:
-            doc = self.db[META].find_one_and_update(
-                {"_id": PROJECTOR, "lease_until": {"$lte": now}}, {"$set": {"lease_until": now + lease}},
-                return_document=ReturnDocument.AFTER)
-            return None if doc is None else doc["position"]
+        to apply next, or None when another pod holds the lease. The dimensions this process
+        remembers stay valid only if it held the cursor last and left it where it is now."""
+        store = self.store
+        before = self.db[META].find_one_and_update(
+            {"_id": PROJECTOR, "lease_until": {"$lte": now}},
+            {"$set": {"lease_until": now + lease, "owner": store.projector_id}})
+        if before is None:
+            try:
+                self.db[META].insert_one({"_id": PROJECTOR, "position": 0, "lease_until": now + lease,
+                                          "owner": store.projector_id})
+                before = {"position": 0, "owner": store.projector_id}
+            except DuplicateKeyError:
+                return None  # another pod holds the lease
+        if before.get("owner") != store.projector_id or before["position"] != store.dims_position:
+            store.dims.clear()
+        store.dims_position = before["position"]
+        return before["position"]
 
     def advance_projector(self, position):
         self.db[META].update_one({"_id": PROJECTOR, "position": position}, {"$set": {"position": position + 1}})
+        self.store.dims_position = position + 1
 
     def release_projector(self, now):
         self.db[META].update_one({"_id": PROJECTOR}, {"$set": {"lease_until": now}})
@@ -160,22 +180,25 @@ class AuditRepo(Repo):
 
     # -- dimensions (what later events are grouped by) -----------------------------------------
     def dimension(self, collection, key):
-        return self.db[collection].find_one({"_id": key}) or {}
+        cached = self.store.dims.get((collection, key))
+        if cached is None:
+            cached = self.store.dims[(collection, key)] = self.db[collection].find_one({"_id": key}) or {}
+        return cached
 
     def set_dimension(self, collection, key, values):
         self.db[collection].update_one({"_id": key}, {"$set": values}, upsert=True)
+        self.store.dims.pop((collection, key), None)  # read again when next needed
 
     # -- facts ---------------------------------------------------------------------------------
     def add_facts(self, facts):
         """Idempotent: a fact's `_id` is its entry position and index, so re-applying adds nothing."""
-        for fact in facts:
-            self._insert_once(FACTS, fact)
-
-    def _insert_once(self, collection, doc):
+        if not facts:
+            return
         try:
-            self.db[collection].insert_one(doc)
-        except DuplicateKeyError:
-            pass
+            self.db[FACTS].insert_many(facts, ordered=False)
+        except BulkWriteError as exc:
+            if any(e["code"] != 11000 for e in exc.details.get("writeErrors", ())) or exc.details.get("writeConcernErrors"):
+                raise
 
     def facts(self, match, fields=None):
         projection = {k: 1 for k in fields} if fields else None
@@ -245,7 +268,10 @@ class AuditStore(MongoStore):
     def setup(self):
         super().setup()
         self.append_lock = Semaphore()
+        self.head_cache = None         # the head as this process's last append left it
         self.projecting = Semaphore()
+        self.projector_id = uuid.uuid4().hex
+        self.dims, self.dims_position = {}, None   # dimensions read while this process held the cursor
 
     def start(self):
         super().start()
