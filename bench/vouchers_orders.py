@@ -98,13 +98,13 @@ def order_body(voucher_id, price):
             "deliver_by": (date.today() + timedelta(days=60)).isoformat()}
 
 
-def sustained(process_no, clients, total, seconds, routes, secret, vouchers):
+def sustained(process_no, clients, total, seconds, routes, signer, vouchers):
     """One load process: each of its clients places orders round its own share of the vouchers
     (`total` clients in all)."""
     samples, errors, lock, end = [], Counter(), threading.Lock(), time.monotonic() + seconds
 
     def one(n):
-        ctx = Client(process_no * 100 + n, routes, secret)
+        ctx = Client(process_no * 100 + n, routes, signer)
         mine = list(vouchers[process_no * clients + n::total])
         i = 0
         while time.monotonic() < end and mine:
@@ -131,12 +131,12 @@ def sustained(process_no, clients, total, seconds, routes, secret, vouchers):
     return samples, dict(errors)
 
 
-def burst(process_no, share, at, routes, secret, code, voucher_id):
+def burst(process_no, share, at, routes, signer, code, voucher_id):
     """`share` orders on one voucher, each from its own thread, all sent at wall-clock `at`."""
     out, lock = [], threading.Lock()
 
     def one(_):
-        ctx = Client(process_no * 100, routes, secret)
+        ctx = Client(process_no * 100, routes, signer)
         ctx.call("GET", f"/api/v1/vouchers/{voucher_id}", "enterprise", code)   # connection and token ready
         time.sleep(max(0.0, at - time.time()))
         started = time.perf_counter()
@@ -169,7 +169,11 @@ def main(argv=None):
 
     from pymongo import MongoClient
     OUT.mkdir(parents=True, exist_ok=True)
-    secret = os.environ.get("AUTH_SECRET") or sys.exit("AUTH_SECRET is not set: run it with `make bench`")
+    # The service trusts an issuer of the benchmark's own (by its public keys), as bench/run.py does.
+    from tests.issuer import LocalIssuer
+    issuer = LocalIssuer().start()
+    os.environ.update(issuer.config)
+    signer = issuer.signer()
     stack = None
     if args.private_stack:
         from tests.faults.harness import PrivateStack
@@ -182,7 +186,7 @@ def main(argv=None):
     try:
         launched, routes, _ = start_services(["vouchers"], {"vouchers": args.instances}, amqp_uri, mongo)
         seed(amqp_uri, count + 1)
-        officer = Client(0, routes, secret)
+        officer = Client(0, routes, signer)
         programme = dict(PROGRAMME, budget_fen=(count + 1) * FACE)
         pid = officer.call("POST", "/api/v1/programmes", "officer", "bench", json=programme).json()["programme_id"]
         officer.call("POST", f"/api/v1/programmes/{pid}/open", "officer", "bench").raise_for_status()
@@ -194,14 +198,14 @@ def main(argv=None):
 
         before = db_counts(launched)
         results = fan_out(sustained, args.processes, args.clients, args.processes * args.clients, args.seconds,
-                          routes, secret, vouchers)
+                          routes, signer, vouchers)
         samples = sorted(x for s, _ in results for x in s)
         errors = sum((Counter(e) for _, e in results), Counter())
         per_order = diff(db_counts(launched), before)
 
         share = args.burst // args.burst_processes
         at = time.time() + 3
-        shots = [x for part in fan_out(burst, args.burst_processes, share, at, routes, secret, burst_code,
+        shots = [x for part in fan_out(burst, args.burst_processes, share, at, routes, signer, burst_code,
                                        burst_voucher) for x in part]
         voucher = officer.call("GET", f"/api/v1/vouchers/{burst_voucher}", "enterprise", burst_code).json()
         made = [sub for _, status, sub in shots if status == 201]
@@ -237,6 +241,7 @@ def main(argv=None):
         for p in launched + ([echo] if echo else []):
             p.stop()
         mongo.drop_database("ipv_bench_vouchers")
+        issuer.stop()
         if stack:
             stack.stop()
 
