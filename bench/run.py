@@ -244,6 +244,22 @@ def db_insert(process_no, mongo_uri, seconds, clients):
     return out
 
 
+def start_echo(amqp_uri):
+    """The bare echo service, on the benchmark's broker vhost and a free HTTP port."""
+    port = free_port()
+    config = OUT / "echo.yaml"
+    config.write_text(f"AMQP_URI: {amqp_uri}\nWEB_SERVER_ADDRESS: 127.0.0.1:{port}\nmax_workers: 10\n")
+    echo = Launched("echo", [str(ROOT / ".venv/bin/nameko"), "run", "--config", str(config),
+                             "bench.echo_service:EchoService"], dict(os.environ, PYTHONWARNINGS="ignore"), port)
+    echo.wait_ready(path="/echo")
+    return echo
+
+
+def echo_ceiling(processes, clients, amqp_uri, seconds):
+    """Echo RPC round trips (each one's wall time) from `processes` x `clients` callers."""
+    return [x for part in fan_out(echo_rpc, processes, amqp_uri, seconds, clients) for x in part]
+
+
 def fan_out(fn, processes, *args):
     """fn(process number, *args) in each of `processes` fresh processes; their results. Spawned, not
     forked: a fork copies this process's pymongo threads' locks, and a worker could hang on one."""
@@ -277,7 +293,8 @@ def audit_lag(launched):
 
     def bound(q):
         return next((le for le in sorted(buckets) if buckets[le] >= q * total), float("inf"))
-    return int(entries), bound(0.5), bound(0.99)
+    shares = ", ".join(f"<= {le:g} s {buckets[le] / total:.1%}" for le in sorted(buckets) if le < float("inf"))
+    return int(entries), bound(0.5), bound(0.99), shares
 
 
 def db_counts(launched):
@@ -408,6 +425,9 @@ def main(argv=None):
         launched, routes, databases = start_services(names, instances, amqp_uri, mongo)
         print(f"services: {', '.join(f'{n} x{instances.get(n, 1)}' for n in names)}; broker vhost {VHOST}; "
               f"load: {args.processes} processes x {args.clients} clients for {args.seconds:.0f} s", flush=True)
+        # The ceiling is measured before and after the load (others' work on the machine varies).
+        echo = start_echo(amqp_uri)
+        rpc_before = echo_ceiling(args.processes, args.clients, amqp_uri, args.echo_seconds)
         shared = workload.setup(Client(0, routes, signer), names)
         time.sleep(2)   # what set-up registered reaches the other services' read models as events
         steps, stepped = [], defaultdict(list)
@@ -437,16 +457,8 @@ def main(argv=None):
                 made[k].extend(v)
 
         # The ceiling, measured now, on the same machine, with the services idle.
-        echo_port = free_port()
-        config = OUT / "echo.yaml"
-        config.write_text(f"AMQP_URI: {amqp_uri}\nWEB_SERVER_ADDRESS: 127.0.0.1:{echo_port}\nmax_workers: 10\n")
-        echo = Launched("echo", [str(ROOT / ".venv/bin/nameko"), "run", "--config", str(config),
-                                 "bench.echo_service:EchoService"], dict(os.environ, PYTHONWARNINGS="ignore"),
-                        echo_port)
-        echo.wait_ready(path="/echo")
-        rpc = [x for part in fan_out(echo_rpc, args.processes, amqp_uri, args.echo_seconds, args.clients)
-               for x in part]
-        http = [x for part in fan_out(echo_http, args.processes, f"http://127.0.0.1:{echo_port}/echo",
+        rpc = echo_ceiling(args.processes, args.clients, amqp_uri, args.echo_seconds)
+        http = [x for part in fan_out(echo_http, args.processes, f"http://127.0.0.1:{echo.port}/echo",
                                       args.echo_seconds, args.clients) for x in part]
         mongo.drop_database("ipv_bench_ceiling")
         inserts = [x for part in fan_out(db_insert, args.processes, os.environ["MONGO_URI"], args.echo_seconds,
@@ -471,16 +483,19 @@ def main(argv=None):
                 print(row(op.name, samples.get(op.name, []), window, errors.get(op.name)))
                 total.extend(samples.get(op.name, []))
         print(row("all API operations", total, window, {k: sum(v.values()) for k, v in errors.items()}))
-        print(row("echo RPC (ceiling)", rpc, args.echo_seconds))
+        print(row("echo RPC before load", rpc_before, args.echo_seconds))
+        print(row("echo RPC after (ceil.)", rpc, args.echo_seconds))
         print(row("echo @http (ceiling)", http, args.echo_seconds))
         print(row("database insert", inserts, args.echo_seconds))
-        api_rate, rpc_rate, http_rate = len(total) / window, len(rpc) / args.echo_seconds, len(http) / args.echo_seconds
-        print(f"ratio: API operations/s = {api_rate / rpc_rate:.2f} x echo RPC/s, {api_rate / http_rate:.2f} x echo "
+        api_rate, http_rate = len(total) / window, len(http) / args.echo_seconds
+        rpc_rate = (len(rpc_before) + len(rpc)) / 2 / args.echo_seconds   # the mean of before and after
+        print(f"ratio: API operations/s = {api_rate / rpc_rate:.2f} x echo RPC/s (mean of before and after), "
+              f"{api_rate / http_rate:.2f} x echo "
               f"@http/s, {api_rate / (len(inserts) / args.echo_seconds):.2f} x database inserts/s")
         lag = audit_lag(launched)
         if lag:
             print(f"audit: {lag[0]} ledger entries; lag (occurred_at -> appended) p50 <= {lag[1]} s, "
-                  f"p99 <= {lag[2]} s (bucket bounds of ipv_audit_lag_seconds)")
+                  f"p99 <= {lag[2]} s (bucket bounds of ipv_audit_lag_seconds; {lag[3]})")
         orders = len(samples.get("order", ()))
         if orders:
             print(f"database commands per order placed (the whole mix over the window and the drain, "

@@ -2,11 +2,12 @@
 (what later events are grouped by), facts (reports, reconciliation) and red flags.
 
 Applying an entry twice changes nothing (facts and flags have ids derived from the entry, the
-dimensions are overwritten with the same values), so a crash between applying an entry and
-moving the cursor is safe. One pod at a time holds the cursor's lease, so rules see the ledger
-in its own order whatever pod appended what.
+tallies count a position once, the dimensions are overwritten with the same values in the same
+order), so a crash between applying entries and moving the cursor is safe. One pod at a time
+holds the cursor's lease, so rules see the ledger in its own order whatever pod appended what.
 """
 import logging
+import time
 from datetime import timedelta
 
 from ipvkit.events import new_event
@@ -17,7 +18,9 @@ from services.audit.storage import (AGENCIES, CAP_CLAIMS, ENTERPRISES, EVIDENCE,
 log = logging.getLogger(__name__)
 
 LEASE = timedelta(seconds=30)
+RUN_FOR = timedelta(seconds=5)
 BATCH = 500
+SAVE_EVERY = 20
 
 
 def run(repo, now, thresholds):
@@ -33,24 +36,30 @@ def run(repo, now, thresholds):
 
 
 def _run(repo, now, thresholds):
+    """The cursor moves every SAVE_EVERY entries and when the run ends (with the lease's release):
+    a crash re-applies at most that many, which changes nothing. A run stops after RUN_FOR, well
+    inside its lease, so two pods never build at once and what it raises is dated close to now."""
     position = repo.claim_projector(now, LEASE)
     if position is None:
         return 0
-    applied = 0
+    started = time.monotonic()
+    applied, saved, ends = 0, position, started + RUN_FOR.total_seconds()
     try:
         size = repo.head()["size"]
-        while applied < BATCH:
+        while applied < BATCH and time.monotonic() < ends:
             if position >= size and position >= (size := repo.head()["size"]):
                 break
             entry = repo.entry(position)
             if entry is None:  # counted by the head but gone: verification names it; nothing to build from
                 break
-            apply(repo, entry, now, thresholds)
-            repo.advance_projector(position)
+            apply(repo, entry, now + timedelta(seconds=time.monotonic() - started), thresholds)  # a flag's time
             position += 1
             applied += 1
+            if position - saved >= SAVE_EVERY:
+                repo.advance_projector(saved, position)
+                saved = position
     finally:
-        repo.release_projector(now)
+        repo.release_projector(now, saved, position)
     return applied
 
 

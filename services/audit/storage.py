@@ -59,21 +59,64 @@ class AuditRepo(Repo):
     def append(self, event, now):
         """Appends the event once (by event_id). Returns (entry, appended_now).
         One append at a time per process, in delivery order: concurrent workers would only race
-        for the same position, and a queue's order (one producer's order) is kept in the ledger."""
-        with self.store.append_lock:
-            return self._append(event, now)
+        for the same position, and a queue's order (one producer's order) is kept in the ledger.
+        Group commit: the worker holding the lock appends every event the others queued
+        meanwhile in one insert and one head update, so the ledger's rate is not one event per
+        two database round trips."""
+        store = self.store
+        waiting = {"event": event, "now": now, "done": None}
+        store.append_queue.append(waiting)
+        with store.append_lock:
+            if waiting["done"] is None:
+                batch, store.append_queue = store.append_queue, []
+                try:
+                    self._append_batch(batch)
+                finally:
+                    for other in batch:  # a failure: each worker tries its own again
+                        if other["done"] is None:
+                            other["done"] = False
+        if waiting["done"] is False:
+            with store.append_lock:
+                return self._append(event, now)
+        return waiting["done"]
+
+    def _entry(self, head, event, now):
+        encoded = ledger.canonical(event)
+        return {"_id": key(head["size"]), "position": head["size"], "event_id": event["event_id"],
+                "type": event["type"], "event": ledger.plain(event), "prev_hash": head["hash"],
+                "hash": ledger.chain_hash(head["hash"], encoded), "leaf": ledger.leaf_hash(encoded).hex(),
+                "appended_at": now}
+
+    def _append_batch(self, batch):
+        """Chains the queued events after the head and inserts them in order; from the first one
+        refused (a taken position, a redelivered event) on, they go one by one."""
+        head = self.store.head_cache or self.head()
+        entries, at = [], head
+        for waiting in batch:
+            entries.append(self._entry(at, waiting["event"], waiting["now"]))
+            at = {"size": at["size"] + 1, "hash": entries[-1]["hash"]}
+        try:
+            self.db[ENTRIES].insert_many(entries, ordered=True)
+            inserted = len(entries)
+        except BulkWriteError as exc:
+            inserted = exc.details.get("nInserted", 0)
+        if inserted:
+            last = entries[inserted - 1]
+            self._advance(head, last, inserted)
+            self.store.head_cache = {"_id": HEAD, "size": last["position"] + 1, "hash": last["hash"]}
+        else:
+            self.store.head_cache = None
+        for waiting, entry in zip(batch[:inserted], entries):
+            waiting["done"] = (entry, True)
+        for waiting in batch[inserted:]:
+            waiting["done"] = self._append(waiting["event"], waiting["now"])
 
     def _append(self, event, now):
         """Two writes in the usual case: the entry, keyed by its position, and the head. The head
         as this process last left it saves a read; a position found taken re-reads it."""
-        encoded = ledger.canonical(event)
-        stored_event = ledger.plain(event)
         while True:
             head = self.store.head_cache or self.head()
-            entry = {"_id": key(head["size"]), "position": head["size"], "event_id": event["event_id"],
-                     "type": event["type"], "event": stored_event, "prev_hash": head["hash"],
-                     "hash": ledger.chain_hash(head["hash"], encoded),
-                     "leaf": ledger.leaf_hash(encoded).hex(), "appended_at": now}
+            entry = self._entry(head, event, now)
             try:
                 self.db[ENTRIES].insert_one(entry)
             except DuplicateKeyError:
@@ -94,16 +137,17 @@ class AuditRepo(Repo):
             self.store.head_cache = {"_id": HEAD, "size": head["size"] + 1, "hash": entry["hash"]}
             return entry, True
 
-    def _advance(self, head, entry):
+    def _advance(self, head, last, count=1):
+        """Moves the head over `count` entries inserted after it, `last` the newest of them."""
         if head["size"] == 0:
             try:
-                self.db[META].insert_one({"_id": HEAD, "size": 1, "hash": entry["hash"]})
+                self.db[META].insert_one({"_id": HEAD, "size": count, "hash": last["hash"]})
                 return
             except DuplicateKeyError:
                 pass
-        # No match means another pod already moved the head over this entry.
+        # No match means another pod already moved the head over these entries.
         self.db[META].update_one({"_id": HEAD, "size": head["size"]},
-                                 {"$set": {"size": head["size"] + 1, "hash": entry["hash"]}})
+                                 {"$set": {"size": head["size"] + count, "hash": last["hash"]}})
 
     def entry(self, position):
         return self.db[ENTRIES].find_one({"_id": key(position)})
@@ -167,12 +211,14 @@ class AuditRepo(Repo):
         store.dims_position = before["position"]
         return before["position"]
 
-    def advance_projector(self, position):
-        self.db[META].update_one({"_id": PROJECTOR, "position": position}, {"$set": {"position": position + 1}})
-        self.store.dims_position = position + 1
+    def advance_projector(self, position, to):
+        self.db[META].update_one({"_id": PROJECTOR, "position": position}, {"$set": {"position": to}})
+        self.store.dims_position = to
 
-    def release_projector(self, now):
-        self.db[META].update_one({"_id": PROJECTOR}, {"$set": {"lease_until": now}})
+    def release_projector(self, now, position, to):
+        """Moves the cursor from `position` to `to` and lets the lease go, in one write."""
+        self.db[META].update_one({"_id": PROJECTOR, "position": position}, {"$set": {"position": to, "lease_until": now}})
+        self.store.dims_position = to
 
     def projector_position(self):
         doc = self.db[META].find_one({"_id": PROJECTOR})
@@ -187,7 +233,9 @@ class AuditRepo(Repo):
 
     def set_dimension(self, collection, key, values):
         self.db[collection].update_one({"_id": key}, {"$set": values}, upsert=True)
-        self.store.dims.pop((collection, key), None)  # read again when next needed
+        cached = self.store.dims.get((collection, key))
+        if cached is not None:
+            self.store.dims[(collection, key)] = dict(cached, _id=key, **values)
 
     # -- facts ---------------------------------------------------------------------------------
     def add_facts(self, facts):
@@ -268,6 +316,7 @@ class AuditStore(MongoStore):
     def setup(self):
         super().setup()
         self.append_lock = Semaphore()
+        self.append_queue = []         # events waiting for the next group commit
         self.head_cache = None         # the head as this process's last append left it
         self.projecting = Semaphore()
         self.projector_id = uuid.uuid4().hex
