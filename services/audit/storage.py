@@ -69,6 +69,8 @@ class AuditRepo(Repo):
         with store.append_lock:
             if waiting["done"] is None:
                 batch, store.append_queue = store.append_queue, []
+                if not any(other is waiting for other in batch):  # queued after a swap (OS threads)
+                    batch.append(waiting)
                 try:
                     self._append_batch(batch)
                 finally:
