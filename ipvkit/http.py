@@ -214,8 +214,9 @@ class ApiHandler(HttpRequestHandler):
     server = _JsonWebServer()  # every handler of a service must share it: OpsHandler too
 
     def __init__(self, method, url, *, roles, body=None, query=None, response=None, other_types=(), status=200,
-                 summary="", **kwargs):
+                 summary="", unverified=False, **kwargs):
         self.roles = tuple(roles)
+        self.unverified = unverified  # also for enterprise accounts an officer has not verified yet
         self.body_schema = body
         self.query_schema = query
         self.response_schema = response
@@ -264,7 +265,7 @@ class ApiHandler(HttpRequestHandler):
         principal = None
         if self.roles != PUBLIC:
             principal = principal_from_header(self.verifier, request.headers.get("Authorization"))
-            require_role(principal, *self.roles)
+            require_role(principal, *self.roles, unverified=self.unverified)
         key = request.headers.get("Idempotency-Key") if self.method in WRITE_METHODS and principal else None
         if key is not None and not IDEMPOTENCY_KEY.match(key):
             raise BadRequest("Idempotency-Key must be 1-128 characters of A-Z a-z 0-9 . _ : -",

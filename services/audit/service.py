@@ -22,7 +22,8 @@ from ipvkit.consumer import consume
 from ipvkit.errors import ApiError, BadRequest, NotFound, RuleRefused
 from ipvkit.events import new_event
 from ipvkit.http import ServiceBase, api
-from services.audit import domain, ledger, metrics, projector
+from ipvkit.realm_admin import Realm
+from services.audit import domain, identity, ledger, metrics, projector
 from services.audit import schemas as s
 from services.audit.keys import SigningKey
 from services.audit.storage import AuditStore
@@ -85,6 +86,7 @@ class AuditService(ServiceBase):
     signer = SigningKey()
     vouchers = RpcProxy("vouchers")
     config = Config()
+    realm = Realm()
 
     @property
     def thresholds(self):
@@ -94,6 +96,9 @@ class AuditService(ServiceBase):
     @consume([(producer, "#") for producer in PRODUCERS])
     def record(self, event):
         """Appends every event of every service, once, then brings the read models up to date."""
+        return self._append(event)
+
+    def _append(self, event):
         now = self.clock.now()
         entry, appended = self.store.append(event, now)
         if appended:
@@ -102,6 +107,20 @@ class AuditService(ServiceBase):
             metrics.LAG.observe(max((now - occurred).total_seconds(), 0))
         projector.run(self.store, now, self.thresholds)
         return entry["position"]
+
+    @timer(interval=5)
+    def record_sign_ins(self):
+        """Sign-in events (success, failure, lockout, sign-out) and account and role changes, from Keycloak
+        into the ledger, each once. Without the tooling client (IDENTITY_CLIENT_SECRET) there is nothing
+        to read; with Keycloak away, the next tick reads what this one missed."""
+        if self.realm is None:
+            return 0
+        try:
+            return identity.collect(self.realm, self.store, self._append,
+                                    int(self.config.get("AUDIT_IDENTITY_SINCE_MS") or 0))
+        except ApiError as exc:
+            log.warning("sign-in events not read this time: %s", exc.message)
+            return 0
 
     @timer(interval=1)
     def project(self):
@@ -323,9 +342,12 @@ class AuditService(ServiceBase):
     @api("GET", "/api/v1/audit/reconciliation", roles=READERS, query=s.ReconcileQuery, response=s.ReconciliationOut,
          summary="Balances rebuilt from the ledger against the vouchers service's own, per programme and voucher")
     def reconciliation(self, call):
-        wanted = call.query.get("programme")
-        ours = domain.balances(domain.sum_facts(self.store.facts(
-            {"programme": wanted} if wanted else {}, fields=("programme", "bucket", "fen", "count")), "programme"))
+        """One page of programmes (`after`, `limit`), one read of the facts for all of them."""
+        wanted, after, limit = call.query.get("programme"), call.query.get("after"), call.query["limit"]
+        facts = list(self.store.facts({"programme": wanted} if wanted else {},
+                                      fields=("programme", "voucher", "bucket", "fen", "count", "position",
+                                              "event_id", "type")))
+        ours = domain.balances(domain.sum_facts(facts, "programme"))
         try:
             theirs = {p["programme_id"]: p for p in self._ask_vouchers("programme_balances")}
         except Unavailable as exc:
@@ -337,9 +359,16 @@ class AuditService(ServiceBase):
         programmes = sorted((set(theirs) | set(ours)) - {None})
         if wanted:
             programmes = [p for p in programmes if p == wanted]
-        report = [self._reconcile_programme(p, ours.get(p), theirs.get(p)) for p in programmes]
+        if after:
+            programmes = [p for p in programmes if p > after]
+        page = programmes[:limit]
+        by_programme = {}
+        for fact in facts:
+            by_programme.setdefault(fact["programme"], []).append(fact)
+        report = [self._reconcile_programme(p, ours.get(p), theirs.get(p), by_programme.get(p, [])) for p in page]
         return {"ok": all(r["ok"] for r in report), "compared": True, "ledger_size": self.store.head()["size"],
-                "through_position": self.store.projector_position() - 1, "programmes": report}
+                "through_position": self.store.projector_position() - 1, "programmes": report,
+                "next_cursor": page[-1] if len(programmes) > limit else None}
 
     def _ask_vouchers(self, method, *args, **kwargs):
         """One RPC to the vouchers service, or a 503 at once when no pod of it listens (a call
@@ -358,7 +387,7 @@ class AuditService(ServiceBase):
         except UnknownService:
             raise Unavailable("the vouchers service is not running; reconciliation needs its figures")
 
-    def _reconcile_programme(self, programme_id, ours, theirs):
+    def _reconcile_programme(self, programme_id, ours, theirs, facts):
         out = {"programme_id": programme_id, "differences": {}, "vouchers": [], "entries": []}
         if ours is None or theirs is None:
             out.update(ok=False, missing_in="ledger" if ours is None else "vouchers service")
@@ -368,7 +397,6 @@ class AuditService(ServiceBase):
         if sum(ours[b] for b in domain.BUCKETS) != ours["budget"]:
             out["differences"]["conservation"] = {"ledger": sum(ours[b] for b in domain.BUCKETS),
                                                   "service": ours["budget"]}
-        facts = list(self.store.facts({"programme": programme_id}))
         per_voucher = domain.sum_facts([f for f in facts if f["voucher"]], "voucher")
         seen = set()
         after = None

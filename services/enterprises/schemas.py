@@ -45,6 +45,17 @@ class EnterpriseOut(Schema):
     industry = fields.String(required=True)
     size = fields.String(required=True)
     registered_at = fields.String(required=True)
+    verified = fields.Boolean(required=True, metadata={
+        "description": "false while a self-registered enterprise waits for an officer's verification (实名认证)"})
+
+
+class VerificationIn(Schema):
+    method = fields.String(required=True, validate=validate.OneOf(("business_licence", "legal_person_login", "documents")),
+                           metadata={"description": "how the officer checked: the 电子营业执照 (business_licence), the "
+                                                    "government portal's legal-person sign-in (legal_person_login), "
+                                                    "or the papers (documents)"})
+    reference = fields.String(required=True, validate=validate.Length(1, 128),
+                     metadata={"description": "the check's own reference (serial of the licence check, file number)"})
 
 
 class PageQuery(Schema):

@@ -256,3 +256,15 @@ class RecommendationList(Schema):
     region = fields.String(allow_none=True)
     eligibility_line = fields.String(required=True)
     items = fields.List(fields.Nested(Recommendation), required=True)
+
+
+class InvitationIn(Schema):
+    email = fields.Email(required=True, validate=validate.Length(3, 254),
+                         metadata={"description": "the agency person's e-mail: their username"})
+
+
+class InvitationOut(Schema):
+    agency_id = fields.String(required=True)
+    username = fields.String(required=True)
+    one_time_password = fields.String(required=True, metadata={
+        "description": "hand it to the person out of band; Keycloak makes them replace it at the first sign-in"})
