@@ -70,7 +70,7 @@ def number(path, name):
     """A ledger position or checkpoint size from the path (a string route, so that auth is
     checked before the value: a bad token is a 401 whatever the path says)."""
     value = path[name]
-    if not value.isdigit() or len(value) > 12:
+    if not (value.isascii() and value.isdigit()) or len(value) > 12:  # "¹".isdigit(), and int() refuses it
         raise BadRequest(f"{name} must be a non-negative integer", fields={name: ["not a non-negative integer"]})
     return int(value)
 

@@ -82,3 +82,12 @@ def test_no_service_says_it_is_not_built_yet():
     root = Path(__file__).resolve().parents[2]
     stale = [str(p.relative_to(root)) for p in root.glob("services/*/*.py") if "not built yet" in p.read_text()]
     assert not stale, stale
+
+
+def test_a_ledger_position_or_size_in_the_path_is_ascii_digits_only():
+    from ipvkit.errors import BadRequest
+    from services.audit.service import number
+    for odd in ("¹", "١٢", "１", "-1", "1" * 13, ""):     # "¹".isdigit() is true and int() refuses it: a 500
+        with pytest.raises(BadRequest):
+            number({"position": odd}, "position")
+    assert number({"position": "12"}, "position") == 12
