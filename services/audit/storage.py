@@ -335,6 +335,13 @@ class AuditRepo(Repo):
     def mark_identity_seen(self, keycloak_event_id):
         self._insert_once(IDENTITY_SEEN, {"_id": keycloak_event_id})
 
+    def _insert_once(self, collection, doc):
+        """Inserts `doc` unless a document with its _id is there already (a repeat changes nothing)."""
+        try:
+            self.db[collection].insert_one(doc)
+        except DuplicateKeyError:
+            pass
+
 
 class AuditStore(MongoStore):
     repo_class = AuditRepo
