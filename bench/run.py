@@ -1,7 +1,9 @@
 """Load benchmark: every service as a `nameko run` process (as `make run` starts them) on a fresh
 vhost and fresh databases of the local stack, driven over real HTTP by several client processes
-running the operation table in bench/workload.py; then, in the same run on the same machine, the
-ceiling of a bare nameko echo (RPC and @http); then the invariants.
+running the operation table in bench/workload.py; the ceiling of a bare nameko echo (RPC before
+and after the load, @http after), in the same run on the same machine; the database commands of
+one chain pass step by step and per order over the load (each service's `ipv_db_commands_total`);
+the audit lag; then the invariants.
 
     make bench                                   # or: source var/env && .venv/bin/python -m bench.run
     make bench BENCH_ARGS="--seconds 60 --processes 4 --clients 8 --instances vouchers=2,audit=2"
