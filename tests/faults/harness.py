@@ -62,7 +62,8 @@ class PrivateStack:
         self.env = {k: v for k, v in os.environ.items() if k not in SHARED_VARS}
         self.env.update(IPV_VAR=str(self.var), IPV_AMQP_PORT=str(self.amqp_port),
                         IPV_RABBIT_DIST_PORT=str(self.dist_port), IPV_MONGO_PORT=str(self.mongo_port),
-                        IPV_RABBIT_NODE=self.node, PATH=os.environ["PATH"] + ":/usr/sbin:/usr/lib/rabbitmq/bin")
+                        IPV_RABBIT_NODE=self.node, PATH=os.environ["PATH"] + ":/usr/sbin:/usr/lib/rabbitmq/bin",
+                        IPV_KEYCLOAK="off")  # the services here trust the tests' own issuer (issuer() below)
         self.amqp_uri = f"amqp://guest:guest@127.0.0.1:{self.amqp_port}/"
         self.mongo_uri = f"mongodb://127.0.0.1:{self.mongo_port}/"
 
