@@ -117,9 +117,6 @@ keycloak_ready() { curl -fs -o /dev/null "http://127.0.0.1:$KEYCLOAK_MGMT_PORT/h
 realm_answers() { curl -fsS -o /dev/null "$1/realms/ipv/.well-known/openid-configuration"; }
 
 start_keycloak() {
-  # A private stack with no sign-in (tests/faults, `make bench --private-stack`: their services trust the
-  # tests' own token issuer) sets IPV_KEYCLOAK=off.
-  [ "${IPV_KEYCLOAK:-on}" != off ] || return 0
   if [ -n "${KEYCLOAK_URL:-}" ]; then
     realm_answers "$KEYCLOAK_URL" || die "KEYCLOAK_URL=$KEYCLOAK_URL has no realm 'ipv' (import deploy/keycloak/ipv-realm.json there)"
     say "using Keycloak at KEYCLOAK_URL"; return
@@ -161,7 +158,7 @@ start_keycloak() {
 }
 
 stop_keycloak() {
-  [ -z "${KEYCLOAK_URL:-}" ] && [ "${IPV_KEYCLOAK:-on}" != off ] || return 0
+  [ -z "${KEYCLOAK_URL:-}" ] || return 0
   local pidf=$KC_DIR/keycloak.pid
   if [ -f "$pidf" ] && kill "$(cat "$pidf")" 2>/dev/null; then
     # kc.sh passes TERM on to its JVM; both are in the process group setsid gave it.
