@@ -20,9 +20,9 @@ class EnterpriseVerified(Schema):
     """An officer checked that the enterprise is who its account says (实名认证); the account that
     registered it acts for it from then on."""
     enterprise_id = CreditCode(required=True)
-    method = fields.String(required=True, validate=validate.OneOf(("business_licence", "legal_person_login",
+    method = Text(required=True, validate=validate.OneOf(("business_licence", "legal_person_login",
                                                                    "documents")))
-    reference = fields.String(required=True, validate=validate.Length(1, 128))
+    reference = Text(required=True, validate=validate.Length(1, 128))
 
 
 class _Qualification(Schema):

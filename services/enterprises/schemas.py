@@ -50,11 +50,11 @@ class EnterpriseOut(Schema):
 
 
 class VerificationIn(Schema):
-    method = fields.String(required=True, validate=validate.OneOf(("business_licence", "legal_person_login", "documents")),
+    method = Text(required=True, validate=validate.OneOf(("business_licence", "legal_person_login", "documents")),
                            metadata={"description": "how the officer checked: the 电子营业执照 (business_licence), the "
                                                     "government portal's legal-person sign-in (legal_person_login), "
                                                     "or the papers (documents)"})
-    reference = fields.String(required=True, validate=validate.Length(1, 128),
+    reference = Text(required=True, validate=validate.Length(1, 128),
                      metadata={"description": "the check's own reference (serial of the licence check, file number)"})
 
 
