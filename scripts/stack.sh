@@ -137,8 +137,11 @@ start_keycloak() {
     say "starting Keycloak $KEYCLOAK_VERSION on 127.0.0.1:$KEYCLOAK_PORT (log: $KC_DIR/keycloak.log)"
     # The embedded H2 database lives under var/ (the distribution in $CACHE is shared and read-only);
     # a small heap: Keycloak's default takes half the machine's memory.
+    # The transaction log too: under the shared distribution two checkouts' Keycloaks would recover
+    # each other's transactions.
     (export JAVA_HOME=$java KC_BOOTSTRAP_ADMIN_USERNAME=admin KC_BOOTSTRAP_ADMIN_PASSWORD="$(cat "$KC_DIR/admin-password")" \
-        JAVA_OPTS_KC_HEAP="-Xms128m -Xmx768m" &&
+        JAVA_OPTS_KC_HEAP="-Xms128m -Xmx768m" \
+        JAVA_OPTS_APPEND="-Dquarkus.transaction-manager.object-store.directory=$KC_DIR/data/transaction-logs" &&
       exec setsid nohup "$KEYCLOAK_HOME/bin/kc.sh" start --optimized \
         --http-enabled=true --http-host=127.0.0.1 --http-port="$KEYCLOAK_PORT" \
         --http-management-port="$KEYCLOAK_MGMT_PORT" --hostname="http://127.0.0.1:$KEYCLOAK_PORT" \

@@ -95,8 +95,11 @@ def trusted_issuer(issuer):
 def service_config(amqp_uri, mongo_uri, trusted_issuer):
     """A fresh database per test, a free HTTP port, the test vhost, the issuer whose tokens count."""
     db = f"test_{uuid.uuid4().hex[:12]}"
+    # No tooling client unless a test gives it one (tests/integration/test_joining.py): a service under test
+    # neither changes accounts nor reads the realm's sign-in events into its ledger.
     config = {"AMQP_URI": amqp_uri, "MONGO_URI": mongo_uri, "MONGO_DB": db,
-              "WEB_SERVER_ADDRESS": f"127.0.0.1:{free_port()}", "max_workers": 10, **trusted_issuer}
+              "WEB_SERVER_ADDRESS": f"127.0.0.1:{free_port()}", "max_workers": 10, "IDENTITY_CLIENT_SECRET": "",
+              **trusted_issuer}
     yield config
     MongoClient(mongo_uri).drop_database(db)
 

@@ -3,6 +3,7 @@
 from marshmallow import Schema, fields, validate
 
 from ipvkit.events import register
+from ipvkit.text import Text
 
 TYPES = ("identity.signed_in", "identity.sign_in_failed", "identity.locked_out", "identity.signed_out",
          "identity.registered", "identity.credential_changed", "identity.role_changed", "identity.account_changed")
@@ -10,15 +11,15 @@ _TEXT = validate.Length(max=256)
 
 
 class IdentityEvent(Schema):
-    keycloak_event_id = fields.String(required=True, validate=validate.Length(1, 64))
-    keycloak_type = fields.String(required=True, validate=validate.Length(1, 64))
-    user_id = fields.String(allow_none=True, validate=_TEXT)
-    username = fields.String(allow_none=True, validate=_TEXT)
-    client_id = fields.String(allow_none=True, validate=_TEXT)
-    ip_address = fields.String(allow_none=True, validate=_TEXT)
-    error = fields.String(allow_none=True, validate=_TEXT)
-    roles = fields.List(fields.String(validate=_TEXT), allow_none=True, validate=validate.Length(max=50))
-    by = fields.String(allow_none=True, validate=_TEXT, metadata={"description": "the administrator's account"})
+    keycloak_event_id = Text(required=True, validate=validate.Length(1, 64))
+    keycloak_type = Text(required=True, validate=validate.Length(1, 64))
+    user_id = Text(allow_none=True, validate=_TEXT)
+    username = Text(allow_none=True, validate=_TEXT)
+    client_id = Text(allow_none=True, validate=_TEXT)
+    ip_address = Text(allow_none=True, validate=_TEXT)
+    error = Text(allow_none=True, validate=_TEXT)
+    roles = fields.List(Text(validate=_TEXT), allow_none=True, validate=validate.Length(max=50))
+    by = Text(allow_none=True, validate=_TEXT, metadata={"description": "the administrator's account"})
 
 
 for _type in TYPES:

@@ -8,6 +8,7 @@ import uuid
 from datetime import datetime, timezone
 
 from ipvkit.events import new_event
+from ipvkit.text import SINGLE_LINE_REFUSED
 
 PRODUCER = "identity"
 ACTOR = {"role": "system", "id": "keycloak"}
@@ -30,13 +31,22 @@ USER_EVENTS = {
 USER_PATH = re.compile(r"^users/([^/]+)(/role-mappings/realm)?$")
 
 
+def _clean(value):
+    """What Keycloak recorded as typed (a failed sign-in's username is whatever was typed) may hold
+    characters the kit's text rule refuses: they become U+FFFD, so the trail keeps the attempt and never
+    stops at it."""
+    return None if value is None else SINGLE_LINE_REFUSED.sub("\ufffd", str(value))[:256]
+
+
 def _occurred(ms):
     return datetime.fromtimestamp(ms / 1000, tz=timezone.utc)
 
 
 def _event(kind, source_id, ms, subject, data):
     event = new_event(type=kind, producer=PRODUCER, aggregate_id=subject or "realm", sequence=1, actor=ACTOR,
-                      now=_occurred(ms), data=dict(keycloak_event_id=source_id, **data))
+                      now=_occurred(ms), data=dict(keycloak_event_id=_clean(source_id)[:64], **{
+                          k: [_clean(v) for v in value] if isinstance(value, list) else _clean(value)
+                          for k, value in data.items()}))
     event_id = str(uuid.uuid5(NAMESPACE, f"{kind}|{source_id}"))
     return dict(event, event_id=event_id, correlation_id=event_id)
 
@@ -61,7 +71,7 @@ def from_admin_event(raw):
     by = (raw.get("authDetails") or {}).get("userId")
     if raw.get("resourceType") == "REALM_ROLE_MAPPING" and match.group(2):
         try:
-            roles = [role["name"] for role in json.loads(raw.get("representation") or "[]")]
+            roles = [role["name"] for role in json.loads(raw.get("representation") or "[]")][:50]
         except (ValueError, TypeError, KeyError):
             roles = None
         return _event("identity.role_changed", raw["id"], raw["time"], match.group(1), {

@@ -316,7 +316,6 @@ class AuditRepo(Repo):
     def anomaly(self, anomaly_id):
         return self.db[ANOMALIES].find_one({"_id": anomaly_id}, {"outbox": 0})
 
-
     # -- sign-in events read from Keycloak (services/audit/identity.py) -----------------------------
     def identity_cursor(self, source):
         """The time (ms) of the newest Keycloak event of `source` (user, admin) read so far, or None."""
@@ -333,7 +332,7 @@ class AuditRepo(Repo):
         return self.db[IDENTITY_SEEN].find_one({"_id": keycloak_event_id}) is not None
 
     def mark_identity_seen(self, keycloak_event_id):
-        self._insert_once(IDENTITY_SEEN, {"_id": keycloak_event_id})
+        self._insert_once(IDENTITY_SEEN, {"_id": keycloak_event_id})  # another pod may have read it too
 
     def _insert_once(self, collection, doc):
         """Inserts `doc` unless a document with its _id is there already (a repeat changes nothing)."""

@@ -179,7 +179,8 @@ PROFILES = {
         seed=seed_enterprises,
         owners={"enterprise": {"path": "enterprise_id", "body": {"register": "credit_code"}}},
         bodies={"register": enterprise_body, "grant_qualification": lambda _: dict(QUALIFICATION),
-                "revoke_qualification": lambda _: {"reason": "certificate withdrawn"}},
+                "revoke_qualification": lambda _: {"reason": "certificate withdrawn"},
+                "verify": lambda _: {"method": "business_licence", "reference": "EBL-2026-000117"}},
     ),
     "providers": Profile(
         seed=seed_providers,
