@@ -52,6 +52,10 @@ class PayloadTooLarge(ApiError):
     status, code = 413, "payload_too_large"
 
 
+class UnsupportedMediaType(ApiError):
+    status, code = 415, "unsupported_media_type"
+
+
 class IllegalTransition(Conflict):
     code = "illegal_transition"
 

@@ -10,7 +10,7 @@ from ipvkit.http import PUBLIC, WRITE_METHODS, ApiHandler
 
 ERRORS = {400: "Invalid input; `fields` names each bad field", 401: "Missing or invalid bearer token",
           403: "Wrong role, or not your record", 404: "Not found", 409: "Conflict with the current state",
-          413: "Body too large", 422: "A rule refused the request; `rule` names it",
+          413: "Body too large", 415: "Content of a kind this route does not take; `reason` says why", 422: "A rule refused the request; `rule` names it",
           503: "The database is unavailable; retry after `Retry-After` seconds"}
 
 
@@ -54,9 +54,14 @@ def build_spec(container):
         if ep.body_schema is not None:
             operation["requestBody"] = {"required": True,
                                         "content": {"application/json": {"schema": ep.body_schema}}}
+        if ep.stream_schema is not None:
+            operation["requestBody"] = {"required": True,
+                                        "content": {"multipart/form-data": {"schema": ep.stream_schema}}}
         ok = {"description": "OK"}
         if ep.response_schema is not None:
             ok["content"] = {"application/json": {"schema": ep.response_schema}}
+        if ep.produces:
+            ok["content"] = {media: {"schema": {"type": "string", "format": "binary"}} for media in ep.produces}
         operation["responses"][str(ep.status)] = ok
         codes = [400, 404, 503]
         if ep.roles != PUBLIC:
@@ -64,6 +69,8 @@ def build_spec(container):
             codes += [401, 403]
         if ep.method in WRITE_METHODS:
             codes += [409, 413, 422]
+        if ep.stream_schema is not None:
+            codes += [415]
             operation["parameters"].append({
                 "in": "header", "name": "Idempotency-Key", "required": False,
                 "description": "Repeat a write safely: the same key returns the first result",

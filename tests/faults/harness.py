@@ -29,7 +29,8 @@ ROOT = Path(__file__).resolve().parents[2]
 PY = sys.executable
 # The shared stack's settings must not leak into the private one (stack.sh would treat it as external).
 SHARED_VARS = ("AMQP_URI", "MONGO_URI", "TEST_AMQP_URI", "IPV_LOCAL_STACK", "IPV_VAR", "IPV_AMQP_PORT",
-               "IPV_RABBIT_DIST_PORT", "IPV_MONGO_PORT", "IPV_RABBIT_NODE")
+               "IPV_RABBIT_DIST_PORT", "IPV_MONGO_PORT", "IPV_RABBIT_NODE", "IPV_LOCAL_S3", "IPV_S3_PORT",
+               "S3_ENDPOINT_URL", "S3_ACCESS_KEY", "S3_SECRET_KEY", "IPV_S3_DATA_DIR")
 
 
 def free_port():
@@ -55,11 +56,12 @@ class PrivateStack:
     def __init__(self):
         self.id = uuid.uuid4().hex[:8]
         self.var = ROOT / "var" / "faults" / self.id   # reachable by the rabbitmq user, unlike /tmp dirs
-        self.amqp_port, self.dist_port, self.mongo_port = free_port(), free_port(), free_port()
+        self.amqp_port, self.dist_port, self.mongo_port, self.s3_port = free_port(), free_port(), free_port(), free_port()
         self.node = f"ipvfault{self.id}@localhost"
         self.env = {k: v for k, v in os.environ.items() if k not in SHARED_VARS}
         self.env.update(IPV_VAR=str(self.var), IPV_AMQP_PORT=str(self.amqp_port),
                         IPV_RABBIT_DIST_PORT=str(self.dist_port), IPV_MONGO_PORT=str(self.mongo_port),
+                        IPV_S3_PORT=str(self.s3_port),
                         IPV_RABBIT_NODE=self.node, PATH=os.environ["PATH"] + ":/usr/sbin:/usr/lib/rabbitmq/bin")
         self.amqp_uri = f"amqp://guest:guest@127.0.0.1:{self.amqp_port}/"
         self.mongo_uri = f"mongodb://127.0.0.1:{self.mongo_port}/"
