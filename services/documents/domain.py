@@ -8,7 +8,6 @@ entities forbidden). Anything else is refused with a reason a person can act on.
 """
 import warnings
 import zipfile
-from dataclasses import dataclass
 
 from defusedxml import DefusedXmlException
 from defusedxml.ElementTree import fromstring as safe_xml
@@ -28,6 +27,7 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 ZIP_MAGIC = b"PK\x03\x04"
 XML_START = (b"<?xml", b"<")
 UTF8_BOM = b"\xef\xbb\xbf"
+HTML_START = (b"<!doctype html", b"<html")
 
 OFD_NAMESPACE = "http://www.ofdspec.org/2016"
 EINVOICE_ROOT = "EInvoice"
@@ -36,12 +36,6 @@ MAX_IMAGE_PIXELS = 80_000_000    # a 10,000 × 8,000 scan; more is a decompressi
 MAX_ZIP_ENTRIES = 10_000
 MAX_ZIP_RATIO = 200              # an OFD's XML compresses well, but not 200:1 over the whole container
 MAX_XML_BYTES = 5 * 1024 * 1024  # a 数电票 XML is a few KB; a larger XML is not an invoice
-
-
-@dataclass(frozen=True)
-class Detected:
-    media_type: str
-    extension: str
 
 
 class Refused(Exception):
@@ -57,29 +51,36 @@ ACCEPTED_ZH = "仅接受 PDF、JPEG、PNG、OFD 版式文件或全电发票（�
 
 
 def detect(stream, size, max_zip_bytes):
-    """What the file in `stream` (seekable, `size` bytes) is, or Refused. `max_zip_bytes` bounds
+    """The media type of the file in `stream` (seekable, `size` bytes), or Refused. `max_zip_bytes` bounds
     what an OFD container may unpack to."""
     stream.seek(0)
-    head = stream.read(16)
+    head = stream.read(64)
     stream.seek(0)
     if head.startswith(PDF_MAGIC):
-        return _pdf(stream)
+        return _pdf(stream, size)
     if head.startswith(JPEG_MAGIC):
-        return _image(stream, "JPEG", Detected("image/jpeg", "jpg"))
+        return _image(stream, "JPEG", "image/jpeg")
     if head.startswith(PNG_MAGIC):
-        return _image(stream, "PNG", Detected("image/png", "png"))
+        return _image(stream, "PNG", "image/png")
     if head.startswith(ZIP_MAGIC):
         return _ofd(stream, max_zip_bytes)
-    text = head[len(UTF8_BOM):] if head.startswith(UTF8_BOM) else head
-    if text.lstrip().startswith(XML_START):
+    text = (head[len(UTF8_BOM):] if head.startswith(UTF8_BOM) else head).lstrip()
+    if text.startswith(XML_START) and not text.lower().startswith(HTML_START):
         return _einvoice_xml(stream, size)
     raise Refused("unrecognised", "not a PDF, JPEG, PNG, OFD or e-invoice XML file (judged by its content)",
                   f"无法识别的文件类型（按文件内容判断，与文件名无关）：{ACCEPTED_ZH}")
 
 
-def _pdf(stream):
+def _pdf(stream, size):
+    # A complete PDF ends with %%EOF (ISO 32000-1 §7.5.5); an upload cut short does not. pypdf's
+    # lenient mode (which real scanners' and office suites' small deviations need) would only warn.
+    stream.seek(max(0, size - 1024))
+    if b"%%EOF" not in stream.read():
+        raise Refused("pdf_malformed", "the PDF has no end-of-file marker: it is truncated or damaged",
+                      "PDF 文件不完整（可能上传中断或文件已损坏），无法读取：请重新导出后上传")
+    stream.seek(0)
     try:
-        reader = PdfReader(stream, strict=True)
+        reader = PdfReader(stream, strict=False)
         if reader.is_encrypted:
             raise Refused("pdf_encrypted", "the PDF is encrypted or password-protected: upload it without a password",
                           "PDF 文件已加密或设有密码，审核和审计无法打开：请上传未加密的版本")
@@ -94,10 +95,10 @@ def _pdf(stream):
                       "it may be truncated or damaged", "PDF 文件已损坏或不完整（可能上传中断），无法读取：请重新导出后上传")
     if pages == 0:
         raise Refused("pdf_malformed", "the PDF has no pages", "PDF 文件没有任何页面")
-    return Detected("application/pdf", "pdf")
+    return "application/pdf"
 
 
-def _image(stream, expected, detected):
+def _image(stream, expected, media_type):
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -119,7 +120,7 @@ def _image(stream, expected, detected):
                       "图片文件已损坏或不完整，无法打开：请重新拍摄或导出后上传")
     finally:
         stream.seek(0)
-    return detected
+    return media_type
 
 
 def _ofd(stream, max_zip_bytes):
@@ -153,7 +154,7 @@ def _ofd(stream, max_zip_bytes):
     if root.tag != f"{{{OFD_NAMESPACE}}}OFD":
         raise Refused("ofd_malformed", f"OFD.xml's root element is {root.tag!r}, not ofd:OFD ({OFD_NAMESPACE})",
                       "OFD 文件的 OFD.xml 不符合 GB/T 33190 规定")
-    return Detected("application/ofd", "ofd")
+    return "application/ofd"
 
 
 def _einvoice_xml(stream, size):
@@ -167,7 +168,7 @@ def _einvoice_xml(stream, size):
         raise Refused("xml_not_einvoice", f"the XML's root element is {local!r}: only the XML of a 全电发票/数电票 "
                       f"(root <{EINVOICE_ROOT}> with Header, EInvoiceData or TaxSupervisionInfo) is accepted",
                       f"XML 文件不是全电发票（数电票）：根元素应为 {EINVOICE_ROOT}")
-    return Detected("application/xml", "xml")
+    return "application/xml"
 
 
 def _parse_xml(data, reason, what):
