@@ -13,7 +13,19 @@ SERVICES=(
   "providers 8102 agencies recommendations"
   "vouchers 8103 programmes vouchers orders claims"
   "audit 8104 audit"
+  "documents 8105 documents"
 )
+# Another checkout's services on the same machine: every port above moved by this much.
+PORT_OFFSET=${IPV_SERVICE_PORT_OFFSET:-0}
+for i in "${!SERVICES[@]}"; do
+  set -- ${SERVICES[$i]}
+  name=$1 port=$(($2 + PORT_OFFSET)); shift 2
+  SERVICES[$i]="$name $port $*"
+done
+# Uploads: the documents service's own limit (DOCUMENT_MAX_BYTES) plus room for the form around the file;
+# the service refuses a larger file itself, as JSON, as soon as it passes the limit.
+DOCUMENT_MAX_BYTES=${DOCUMENT_MAX_BYTES:-20971520}
+UPLOAD_BODY_KB=$(( DOCUMENT_MAX_BYTES / 1024 + 64 ))
 
 start() {
   mkdir -p "$RUN"
@@ -62,9 +74,18 @@ start_ingress() {
     for entry in "${SERVICES[@]}"; do
       set -- $entry
       local name=$1; shift 2
-      for area in "$@"; do echo "    location /api/v1/$area { proxy_pass http://$name; }"; done
+      for area in "$@"; do
+        if [ "$area" = documents ]; then
+          # Streamed on to the service as it arrives; a body over the limit gets the one JSON error shape.
+          echo "    location /api/v1/$area { client_max_body_size ${UPLOAD_BODY_KB}k; proxy_request_buffering off;"
+          echo "      error_page 413 = @too_large; proxy_pass http://$name; }"
+        else
+          echo "    location /api/v1/$area { proxy_pass http://$name; }"
+        fi
+      done
       echo "    location = /api/v1/openapi/$name.json { proxy_pass http://$name/api/v1/openapi.json; }"
     done
+    echo "    location @too_large { default_type application/json; return 413 '{\"error\":\"payload_too_large\",\"message\":\"the request body is larger than this route accepts\"}'; }"
     echo "    location / { default_type application/json; return 404 '{\"error\":\"not_found\",\"message\":\"no such route\"}'; }"
     echo "  }"
     echo "}"

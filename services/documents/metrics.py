@@ -5,4 +5,4 @@ BYTES_STORED = Gauge("ipv_documents_bytes_stored", "Bytes of every stored docume
 UPLOADS = Counter("ipv_document_uploads_total", "Uploads by outcome: stored, or why not",
                   ["outcome"])  # stored, refused_type, too_large, invalid, not_found, storage_error
 STORAGE_ERRORS = Counter("ipv_document_storage_errors_total", "Failed calls to the object store",
-                         ["operation"])  # put, get, hold, list, delete
+                         ["operation"])  # put, get, head, hold, list, delete

@@ -79,6 +79,11 @@ class PrivateStack:
         if done.returncode:
             raise RuntimeError(f"stack.sh {command} failed:\n{done.stdout}\n{done.stderr}")
 
+    def s3_settings(self):
+        """The private stack's own S3 gateway, for the documents service."""
+        access, secret = (self.var / "s3" / "credentials").read_text().split()
+        return {"S3_ENDPOINT_URL": f"http://127.0.0.1:{self.s3_port}", "S3_ACCESS_KEY": access, "S3_SECRET_KEY": secret}
+
     def restart_rabbit(self):
         """A clean stop and start of the node (`rabbitmqctl stop`), as an upgrade or a reschedule does."""
         subprocess.run(["rabbitmqctl", "-q", "-n", self.node, "stop"], env=self.env, check=True, timeout=60,
@@ -123,7 +128,7 @@ class ServiceProcess:
     def start(self, ready_within=30):
         upper = self.name.upper()
         env = dict(self.stack.env, AMQP_URI=self.stack.amqp_uri, MONGO_URI=self.stack.mongo_uri,
-                   AUTH_SECRET=self.secret, PYTHONWARNINGS="ignore",
+                   AUTH_SECRET=self.secret, PYTHONWARNINGS="ignore", **self.stack.s3_settings(),
                    **{f"{upper}_HTTP": f"127.0.0.1:{self.port}", f"{upper}_DB": self.db}, **self.extra_env)
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(

@@ -157,9 +157,23 @@ def test_probes_and_ingress_paths_match_the_code(docs, name):
 
 def test_ingress_routes_every_area_of_the_service_table_and_nothing_else(docs):
     expected = {f"/api/v1/{area}": name for name, (_, areas) in SERVICES.items() for area in areas}
-    (ingress,) = of_kind(docs, "Ingress").values()
-    got = {p["path"]: p["backend"]["service"]["name"] for r in ingress["spec"]["rules"] for p in r["http"]["paths"]}
+    got = {p["path"]: p["backend"]["service"]["name"] for ingress in of_kind(docs, "Ingress").values()
+           for r in ingress["spec"]["rules"] for p in r["http"]["paths"]}
     assert got == expected
+
+
+def test_uploads_get_the_documents_body_limit_at_the_ingress_and_no_other_route_does(docs):
+    ingresses = of_kind(docs, "Ingress")
+    limit = int(next(cm for name, cm in of_kind(docs, "ConfigMap").items()
+                     if name.startswith("ipv-config"))["data"]["DOCUMENT_MAX_BYTES"])
+    annotations = ingresses["ipv-documents"]["metadata"]["annotations"]
+    body_mb = int(annotations["nginx.ingress.kubernetes.io/proxy-body-size"].rstrip("m"))
+    assert limit < body_mb * 1024 * 1024 <= limit + 2 * 1024 * 1024  # the file plus its form, not much more
+    assert [p["path"] for r in ingresses["ipv-documents"]["spec"]["rules"] for p in r["http"]["paths"]] == [
+        "/api/v1/documents"]
+    assert "nginx.ingress.kubernetes.io/proxy-body-size" not in ingresses["ipv-api"]["metadata"].get("annotations", {})
+    hosts = {name: [r.get("host") for r in ingress["spec"]["rules"]] for name, ingress in ingresses.items()}
+    assert hosts["ipv-documents"] == hosts["ipv-api"]  # the overlays give both the same public host
 
 
 def test_pods_are_hardened(docs):
