@@ -15,13 +15,16 @@ SERVICES=(
   "audit 8104 audit"
   "documents 8105 documents"
 )
-# Another checkout's services on the same machine: every port above moved by this much.
-PORT_OFFSET=${IPV_SERVICE_PORT_OFFSET:-0}
-for i in "${!SERVICES[@]}"; do
-  set -- ${SERVICES[$i]}
-  name=$1 port=$(($2 + PORT_OFFSET)); shift 2
-  SERVICES[$i]="$name $port $*"
-done
+# Another checkout's services on the same machine: every port above moved by IPV_SERVICE_PORT_OFFSET.
+offset_ports() {
+  local i
+  for i in "${!SERVICES[@]}"; do
+    set -- ${SERVICES[$i]}
+    local name=$1 port=$(($2 + ${IPV_SERVICE_PORT_OFFSET:-0})); shift 2
+    SERVICES[$i]="$name $port $*"
+  done
+}
+offset_ports
 # Uploads: the documents service's own limit (DOCUMENT_MAX_BYTES) plus room for the form around the file;
 # the service refuses a larger file itself, as JSON, as soon as it passes the limit.
 DOCUMENT_MAX_BYTES=${DOCUMENT_MAX_BYTES:-20971520}
