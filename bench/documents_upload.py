@@ -37,11 +37,11 @@ from kombu import Connection  # noqa: E402
 from pymongo import MongoClient  # noqa: E402
 
 from ipvkit.amqp import events_exchange  # noqa: E402
-from ipvkit.auth import issue_token  # noqa: E402
 from ipvkit.events import new_event  # noqa: E402
 from services.documents import domain  # noqa: E402
 from tests.conftest import dumps, free_port, remove_bucket, s3_client  # noqa: E402
 from tests.document_samples import pdf  # noqa: E402
+from tests.issuer import LocalIssuer  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MB = 1024 * 1024
@@ -65,14 +65,14 @@ def main():
     s3 = {k: os.environ[k] for k in ("S3_ENDPOINT_URL", "S3_ACCESS_KEY", "S3_SECRET_KEY")}
     run = uuid.uuid4().hex[:8]
     db, bucket, port = f"bench_documents_{run}", f"bench-{run}", free_port()
-    secret = os.environ.get("AUTH_SECRET") or "bench-secret"
+    issuer = LocalIssuer().start()  # tokens by public key, as from the realm, without Keycloak
     data = ten_mb_pdf()
     size = len(data)
     log = open(os.path.join(ROOT, "var", f"bench-documents-{run}.log"), "wb")
     proc = subprocess.Popen(
         [os.path.join(ROOT, ".venv/bin/nameko"), "run", "--config", "services/documents/config.yaml",
          "services.documents.service:SERVICE"], cwd=ROOT, stdout=log, stderr=log,
-        env=dict(os.environ, AMQP_URI=amqp, DOCUMENTS_DB=db, S3_BUCKET=bucket, AUTH_SECRET=secret,
+        env=dict(os.environ, AMQP_URI=amqp, DOCUMENTS_DB=db, S3_BUCKET=bucket, **issuer.config,
                  DOCUMENTS_HTTP=f"127.0.0.1:{port}", PYTHONWARNINGS="ignore", **s3))
     base = f"http://127.0.0.1:{port}"
     try:
@@ -96,7 +96,7 @@ def main():
                     "subsidy_fen": 500_000, "copay_fen": 500_000, "redemption_model": "agency_redeems",
                     "deliver_by": "2026-09-30"})), exchange=events_exchange("vouchers"), routing_key="order.placed",
                 content_type="application/json", declare=[events_exchange("vouchers")])
-        headers = {"Authorization": f"Bearer {issue_token(secret, 'agency', 'ag-1')}"}
+        headers = issuer.header("agency", "ag-1")
         listing = f"{base}/api/v1/documents?order_id={order_id}"
         while requests.get(listing, headers=headers, timeout=5).status_code != 200:
             time.sleep(0.1)
@@ -150,6 +150,7 @@ def main():
         proc.wait(20)
         MongoClient(os.environ["MONGO_URI"]).drop_database(db)
         remove_bucket(s3, bucket)
+        issuer.stop()
 
 
 if __name__ == "__main__":

@@ -56,6 +56,11 @@ class UnsupportedMediaType(ApiError):
     status, code = 415, "unsupported_media_type"
 
 
+class Unavailable(ApiError):
+    """Something the request needs (the database, the identity provider) cannot be reached; retry."""
+    status, code = 503, "unavailable"
+
+
 class IllegalTransition(Conflict):
     code = "illegal_transition"
 

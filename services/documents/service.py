@@ -21,7 +21,8 @@ from ipvkit.clock import Clock, utc_iso
 from ipvkit.consumer import Permanent, consume
 from ipvkit.contracts.common import ID
 from ipvkit.contracts.document import KINDS, MEDIA_TYPES
-from ipvkit.errors import ApiError, BadRequest, NotFound, PayloadTooLarge, RuleRefused, UnsupportedMediaType
+from ipvkit.errors import (ApiError, BadRequest, NotFound, PayloadTooLarge, RuleRefused, Unavailable,
+                           UnsupportedMediaType)
 from ipvkit.http import IDEMPOTENCY_KEY, ServiceBase, api
 from services.documents import domain, metrics
 from services.documents import schemas as s
@@ -35,10 +36,6 @@ READERS = domain.PARTIES + domain.READERS_STAFF
 AUDIT_RPC_QUEUE = "rpc-audit"  # nameko's queue of the audit service's @rpc methods
 CHUNK = 256 * 1024
 SAFE_FILENAME = re.compile(r"[\x00-\x1f\x7f\u202a-\u202e\u2066-\u2069\\/]")
-
-
-class Unavailable(ApiError):
-    status, code = 503, "unavailable"
 
 
 class _FormFields(Schema):

@@ -15,10 +15,9 @@ import requests
 from pymongo import MongoClient
 
 from ipvkit.amqp import events_exchange
-from ipvkit.auth import issue_token
 from ipvkit.events import new_event
 from tests import document_samples as samples
-from tests.conftest import SECRET, dumps, free_port, publish_raw, s3_client
+from tests.conftest import dumps, free_port, publish_raw, s3_client
 from tests.faults.harness import ROOT, wait_until
 
 pytestmark = pytest.mark.integration
@@ -27,10 +26,10 @@ ENT, AG = "91350100M000100Y43", "ag-1"
 
 
 class DocumentsProcess:
-    def __init__(self, amqp_uri, mongo_uri, bucket, db):
+    def __init__(self, amqp_uri, mongo_uri, bucket, db, trusted_issuer):
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
-        self.env = dict(os.environ, AMQP_URI=amqp_uri, MONGO_URI=mongo_uri, AUTH_SECRET=SECRET, S3_BUCKET=bucket,
+        self.env = dict(os.environ, AMQP_URI=amqp_uri, MONGO_URI=mongo_uri, **trusted_issuer, S3_BUCKET=bucket,
                         DOCUMENTS_DB=db, DOCUMENTS_HTTP=f"127.0.0.1:{self.port}", PYTHONWARNINGS="ignore")
         self.proc = None
 
@@ -52,19 +51,19 @@ class DocumentsProcess:
             self.proc.wait(20)
 
 
-def auth(role="agency", subject=AG):
-    return {"Authorization": f"Bearer {issue_token(SECRET, role, subject)}"}
-
-
 @pytest.fixture
-def documents(amqp_uri, mongo_uri, service_config):
-    service = DocumentsProcess(amqp_uri, mongo_uri, service_config["S3_BUCKET"], service_config["MONGO_DB"])
+def documents(amqp_uri, mongo_uri, service_config, issuer):
+    service = DocumentsProcess(amqp_uri, mongo_uri, service_config["S3_BUCKET"], service_config["MONGO_DB"],
+                               issuer.config)
     yield service
     service.stop()
 
 
 def test_kill_9_in_the_middle_of_an_upload_leaves_nothing_half_stored(documents, amqp_uri, mongo_uri, service_config,
-                                                                      event_tap):
+                                                                      event_tap, token):
+    def auth():
+        return token("agency", AG)
+
     tap = event_tap("documents", "document.uploaded")
     documents.start()
     order_id = f"o_{uuid.uuid4().hex[:20]}_{uuid.uuid4().hex[:8]}"
