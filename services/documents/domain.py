@@ -85,8 +85,10 @@ def _pdf(stream, size):
             raise Refused("pdf_encrypted", "the PDF is encrypted or password-protected: upload it without a password",
                           "PDF 文件已加密或设有密码，审核和审计无法打开：请上传未加密的版本")
         pages = len(reader.pages)
-        for page in reader.pages:  # every page's content must parse, not just the cross-reference table
-            page.extract_text()
+        for page in reader.pages:  # every page's content streams must decode, not just the cross-reference table
+            contents = page.get_contents()
+            if contents is not None:
+                contents.get_data()
     except Refused:
         raise
     except (PyPdfError, ValueError, KeyError, TypeError, AttributeError, IndexError, RecursionError) as exc:

@@ -7,6 +7,7 @@ import uuid
 from urllib.parse import quote
 
 import eventlet
+from eventlet import tpool
 from amqp.exceptions import NotFound as QueueNotFound
 from kombu import Connection
 from marshmallow import RAISE, Schema, ValidationError, fields, validate
@@ -114,7 +115,9 @@ class DocumentsService(ServiceBase):
             metrics.UPLOADS.labels("not_found").inc()
             raise NotFound(f"no order {form['order_id']} of yours (a new order is known here within seconds)")
         try:
-            media_type = domain.detect(upload.stream, upload.size, max_zip_bytes=self.max_bytes * domain.MAX_ZIP_RATIO)
+            # Parsing is CPU work (pypdf is pure Python): in a real thread, so other requests keep being served.
+            media_type = tpool.execute(domain.detect, upload.stream, upload.size,
+                                       max_zip_bytes=self.max_bytes * domain.MAX_ZIP_RATIO)
         except domain.Refused as refused:
             metrics.UPLOADS.labels("refused_type").inc()
             raise UnsupportedMediaType(refused.message, reason=refused.reason, message_zh=refused.message_zh)
