@@ -30,9 +30,11 @@ from tests.issuer import LocalIssuer
 ROOT = Path(__file__).resolve().parents[2]
 PY = sys.executable
 # The shared stack's settings must not leak into the private one (stack.sh would treat it as external).
+# Keycloak is the exception: the private stack uses the shared one as an external server (its KEYCLOAK_URL
+# stays, IPV_LOCAL_KEYCLOAK goes), since nothing here breaks it and its services trust the tests' issuer.
 SHARED_VARS = ("AMQP_URI", "MONGO_URI", "TEST_AMQP_URI", "IPV_LOCAL_STACK", "IPV_VAR", "IPV_AMQP_PORT",
                "IPV_RABBIT_DIST_PORT", "IPV_MONGO_PORT", "IPV_RABBIT_NODE", "IPV_LOCAL_S3", "IPV_S3_PORT",
-               "S3_ENDPOINT_URL", "S3_ACCESS_KEY", "S3_SECRET_KEY", "IPV_S3_DATA_DIR")
+               "S3_ENDPOINT_URL", "S3_ACCESS_KEY", "S3_SECRET_KEY", "IPV_S3_DATA_DIR", "IPV_LOCAL_KEYCLOAK")
 
 
 def free_port():
