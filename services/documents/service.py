@@ -128,11 +128,13 @@ class DocumentsService(ServiceBase):
         if earlier is not None:
             return self._same_upload(earlier, upload, form)
         try:
-            version_id = self.objects.put(document_id, upload.stream, upload.size, upload.digest, media_type)
-        except AlreadyStored:  # an earlier run with this key stored the object, then crashed before the metadata
-            version_id = self.objects.version_with(document_id, upload.digest)
-            if version_id is None:
-                raise RuleRefused("idempotency_key_reused", "this Idempotency-Key was used for a different file")
+            try:
+                version_id = self.objects.put(document_id, upload.stream, upload.size, upload.digest, media_type)
+            except AlreadyStored:  # an earlier run with this key stored the object, then crashed before the metadata
+                version_id = self.objects.version_with(document_id, upload.digest)
+                if version_id is None:
+                    metrics.UPLOADS.labels("invalid").inc()
+                    raise RuleRefused("idempotency_key_reused", "this Idempotency-Key was used for a different file")
         except StorageError:
             metrics.UPLOADS.labels("storage_error").inc()
             raise Unavailable("object storage is unavailable; retry", message_zh="文件存储暂不可用，请稍后重试")

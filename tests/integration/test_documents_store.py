@@ -3,13 +3,16 @@ without metadata is never referenced and is swept once it is old enough; an obje
 overwritten; a retry after such a crash finishes the first run's upload instead of storing twice."""
 import base64
 import hashlib
+import re
 import time
 
 import pytest
+import requests
 from nameko.testing.services import entrypoint_hook
 
 from services.documents.service import DocumentsService
 from tests import document_samples as samples
+from tests.conftest import remove_bucket
 from tests.integration.test_documents_api import AG, Documents, bucket_keys
 
 pytestmark = pytest.mark.integration
@@ -60,3 +63,36 @@ def test_an_object_is_never_overwritten_and_a_retry_adopts_its_own_first_write(c
     assert retried.status_code == 201 and retried.json()["document_id"] == crashed
     assert docs("GET", f"/api/v1/documents/{crashed}/content", "agency", AG).content == data
     assert bucket_keys(docs) == [crashed]
+
+
+def metric(docs, name, **labels):
+    """The value of one sample on the service's /metrics (0 if absent)."""
+    wanted = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
+    text = requests.get(docs.base + "/metrics", timeout=5).text
+    found = re.search(rf"^{name}{{{re.escape(wanted)}}} (\S+)$" if labels else rf"^{name} (\S+)$", text, re.M)
+    return float(found.group(1)) if found else 0.0
+
+
+def test_a_store_that_fails_is_a_503_counted_and_not_ready_and_stored_bytes_are_reported(container_factory,
+                                                                                      service_config, token):
+    docs = started(container_factory, service_config, token)
+    order_id = docs.order()
+    data = samples.image("PNG")
+    stored_before = metric(docs, "ipv_document_uploads_total", outcome="stored")
+    assert docs.upload(order_id, data).status_code == 201
+    assert metric(docs, "ipv_document_uploads_total", outcome="stored") == stored_before + 1
+    with entrypoint_hook(docs.container, "refresh_metrics") as hook:
+        hook()
+    assert metric(docs, "ipv_documents_bytes_stored") == len(data)
+
+    # The bucket disappears under the running service (deleted by mistake, a broken store):
+    remove_bucket(docs.config, docs.config["S3_BUCKET"])
+    errors_before = metric(docs, "ipv_document_storage_errors_total", operation="put")
+    failed = docs.upload(order_id, data)
+    assert failed.status_code == 503 and failed.json()["error"] == "unavailable", failed.text
+    assert failed.json()["message_zh"]
+    assert metric(docs, "ipv_document_storage_errors_total", operation="put") == errors_before + 1
+    assert metric(docs, "ipv_document_uploads_total", outcome="storage_error") >= 1
+    ready = requests.get(docs.base + "/readyz", timeout=5)
+    assert ready.status_code == 503 and ready.json()["checks"]["object_storage"] is False
+    assert docs("GET", f"/api/v1/documents?order_id={order_id}", "agency", AG).json()["items"][0]["size_bytes"] == len(data)
