@@ -12,7 +12,7 @@ ERRORS = {400: "Invalid input; `fields` names each bad field", 401: "Missing or 
           403: "Wrong role, or not your record", 404: "Not found", 409: "Conflict with the current state",
           413: "Body too large", 415: "Content of a kind this route does not take; `reason` says why",
           422: "A rule refused the request; `rule` names it",
-          503: "The database or the identity provider is unavailable; retry"}
+          503: "A dependency (the database, the identity provider, object storage) is unavailable; retry"}
 
 
 class ErrorSchema(Schema):
