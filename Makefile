@@ -5,7 +5,7 @@ export PORT ?= 8000
 PY := .venv/bin/python
 ENV := source var/env
 
-.PHONY: help install stack run demo token test test-unit stop status clean deadletters bench
+.PHONY: help install stack run demo token admin test test-unit stop status clean deadletters bench
 
 help:
 	@echo "make run     install what is missing, start RabbitMQ, FerretDB, Keycloak and every service, load demo data"
@@ -28,6 +28,11 @@ token:
 	@test -n "$(ROLE)" || { echo "usage: make token ROLE=<enterprise|agency|officer|auditor|ops> [SUBJECT=<id>]" >&2; exit 2; }
 	@test -f var/env || { echo "run 'make run' (or 'make stack') first: it starts Keycloak" >&2; exit 2; }
 	@$(ENV) && $(PY) -W ignore scripts/keycloak.py token "$(ROLE)" $(SUBJECT)
+
+# The first officer (auditor, ops) of a realm: `make admin USER=li.wei ROLE=officer` (docs/security.md).
+admin:
+	@test "$(origin USER)" = "command line" -a -n "$(ROLE)" || { echo "usage: make admin USER=<username> ROLE=<officer|auditor|ops>" >&2; exit 2; }
+	@$(ENV) && $(PY) -W ignore scripts/keycloak.py admin "$(USER)" "$(ROLE)"
 
 test: stack
 	@$(ENV) && PYTHONWARNINGS=ignore::DeprecationWarning $(PY) -m pytest $(PYTEST_ARGS)

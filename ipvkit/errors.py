@@ -65,4 +65,5 @@ class IllegalTransition(Conflict):
     code = "illegal_transition"
 
     def __init__(self, kind, current, action):
-        super().__init__(f"cannot {action} a {kind} that is {current}", state=current, action=action)
+        article = "an" if kind[:1] in "aeiou" else "a"
+        super().__init__(f"cannot {action} {article} {kind} that is {current}", state=current, action=action)

@@ -10,7 +10,8 @@ from ipvkit.http import PUBLIC, WRITE_METHODS, ApiHandler
 
 ERRORS = {400: "Invalid input; `fields` names each bad field", 401: "Missing or invalid bearer token",
           403: "Wrong role, or not your record", 404: "Not found", 409: "Conflict with the current state",
-          413: "Body too large", 415: "Content of a kind this route does not take; `reason` says why",
+          413: "Body too large", 415: "The body is not sent as application/json (UTF-8); for an upload, not "
+          "multipart/form-data or a file of a kind the route does not take (`reason` says why)",
           422: "A rule refused the request; `rule` names it",
           503: "A dependency (the database, the identity provider, object storage) is unavailable; retry"}
 
@@ -46,6 +47,7 @@ def build_spec(container):
     for ep in sorted(api_routes(container), key=lambda e: (e.url, e.method)):
         operation = {"operationId": ep.method_name, "summary": ep.summary or ep.method_name.replace("_", " "),
                      "tags": [container.service_name], "parameters": [], "responses": {}}
+        codes = [400, 404, 503]
         for converter, name in re.findall(r"<(?:([^:<>]+):)?([^<>]+)>", ep.url):
             # werkzeug's int converter matches only digits: anything else never reaches the route.
             schema = {"type": "integer", "minimum": 0} if converter == "int" else {"type": "string"}
@@ -55,23 +57,22 @@ def build_spec(container):
         if ep.body_schema is not None:
             operation["requestBody"] = {"required": True,
                                         "content": {"application/json": {"schema": ep.body_schema}}}
+            codes.append(415)
         if ep.stream_schema is not None:
             operation["requestBody"] = {"required": True,
                                         "content": {"multipart/form-data": {"schema": ep.stream_schema}}}
+            codes.append(415)
         ok = {"description": "OK"}
         if ep.response_schema is not None:
             ok["content"] = {"application/json": {"schema": ep.response_schema}}
-        if ep.produces:
-            ok["content"] = {media: {"schema": {"type": "string", "format": "binary"}} for media in ep.produces}
+        for media_type in ep.other_types:
+            ok.setdefault("content", {})[media_type] = {"schema": {"type": "string"}}
         operation["responses"][str(ep.status)] = ok
-        codes = [400, 404, 503]
         if ep.roles != PUBLIC:
             operation["security"] = [{"bearer": []}]
             codes += [401, 403]
         if ep.method in WRITE_METHODS:
             codes += [409, 413, 422]
-        if ep.stream_schema is not None:
-            codes += [415]
             operation["parameters"].append({
                 "in": "header", "name": "Idempotency-Key", "required": False,
                 "description": "Repeat a write safely: the same key returns the first result",

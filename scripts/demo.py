@@ -5,6 +5,7 @@ The story: two qualified enterprises, two agencies (one rated A+ by a bonus, one
 an open 玉环-style programme, a voucher, and one order taken all the way to payment, one left open."""
 import io
 import json
+import os
 import sys
 import time
 import urllib.error
@@ -56,6 +57,9 @@ PROGRAMME = {
     ]}
 EVIDENCE = {"contract_ref": "HT-2026-DEMO-1", "invoice_no": "33000261-0001", "payment_proof_ref": "BANK-DEMO-1",
             "official_no": None, "deliverable_sha256": "5" * 64}
+
+
+PORT_BASE = int(os.environ.get("IPV_SERVICE_PORT_BASE") or 8100)   # as scripts/services.sh
 
 
 # The delivery's documents: a contract (PDF) and the 数电票 XML of the agency's invoice.
@@ -149,7 +153,7 @@ def main(base):
     order = {"voucher_id": vid, "agency_id": GOOD_AGENCY, "service_code": "PAT-01", "price_fen": 1_200_000,
              "deliver_by": "2026-12-31"}
     paid = api("enterprise", enterprise, "POST", "/api/v1/orders", order, key="order-paid",
-               retry_rules=("agency_unknown", "agency_not_eligible"))
+               retry_rules=("agency_unknown", "agency_below_rating_line"))
     oid = paid["order_id"]
     documents = {kind: api.upload("agency", GOOD_AGENCY, oid, kind, name, data, key=f"doc-{kind}")["document_id"]
                  for kind, name, data in (("contract", "服务合同.pdf", contract_pdf()),
@@ -168,7 +172,7 @@ IP-service vouchers is running, with demo data: programme {pid}, voucher {vid} o
 order {oid} paid to agency {GOOD_AGENCY}, order {open_order['order_id']} open.
 
   API base:   {base}/api/v1   (OpenAPI per service: {base}/api/v1/openapi/<enterprises|providers|vouchers|audit|documents>.json)
-  Metrics:    http://127.0.0.1:8101/metrics .. :8105/metrics   (enterprises, providers, vouchers, audit, documents)
+  Metrics:    http://127.0.0.1:{PORT_BASE + 1}/metrics .. :{PORT_BASE + 5}/metrics   (enterprises, providers, vouchers, audit, documents)
   Logs:       var/run/*.log
 
 Try (make token signs in to Keycloak as a user of that role, with the TOTP code for staff):

@@ -230,6 +230,17 @@ def claims_at_cap(claims, thresholds):
                 [(c["position"], c["event_id"]) for c in claims])
 
 
+def ledger_tampered(problems, event_ids, head_size):
+    """The red flag for a ledger that failed the check before a checkpoint was signed: every
+    position named, the events still stored at them (`event_ids`: position -> event id)."""
+    positions = sorted({p["position"] for p in problems})
+    named = "; ".join(f"{p['kind']} at {p['position']}" for p in problems)
+    return {"_id": anomaly_id("ledger_tampered", named), "rule": "ledger_tampered",  # the same damage: one flag
+            "summary": f"the ledger of {head_size} entries failed verification, no checkpoint signed: {named}"[:1000],
+            "subject": {"head_size": head_size}, "ledger_positions": positions[:1000],
+            "evidence_event_ids": [event_ids[p] for p in positions if p in event_ids][:1000]}
+
+
 def window_start(occurred_at_iso, days):
     moment = datetime.fromisoformat(occurred_at_iso.replace("Z", "+00:00"))
     return (moment - timedelta(days=days)).isoformat(timespec="milliseconds").replace("+00:00", "Z")

@@ -74,7 +74,7 @@ def apply(repo, entry, now, thresholds):
 
     for found in flags:
         if found is not None:
-            _raise(repo, found, now)
+            raise_flag(repo, found, now)
 
 
 def _order_placed(repo, event, programme, thresholds):
@@ -118,7 +118,8 @@ def _claim_submitted(repo, event, programme, order, thresholds):
     return found
 
 
-def _raise(repo, found, now):
+def raise_flag(repo, found, now):
+    """Stores a red flag once and publishes it (`audit.anomaly_detected`) through the outbox."""
     data = {"anomaly_id": found["_id"], "rule": found["rule"], "summary": found["summary"],
             "subject": found["subject"], "evidence_event_ids": found["evidence_event_ids"],
             "ledger_positions": found["ledger_positions"]}

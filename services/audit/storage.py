@@ -16,7 +16,7 @@ from ipvkit.storage import MongoStore, Repo
 from services.audit import ledger
 
 ENTRIES, UNPROJECTED, META, CHECKPOINTS = "entries", "unprojected", "ledger_meta", "checkpoints"
-FACTS, ANOMALIES = "facts", "anomalies"
+FACTS, ANOMALIES, IDENTITY_SEEN = "facts", "anomalies", "identity_seen"
 PROGRAMMES, VOUCHERS, ORDERS, AGENCIES, ENTERPRISES = "programmes", "vouchers", "orders", "agencies", "enterprises"
 EVIDENCE, SPLITS, GROUPS, CAP_CLAIMS = "evidence", "splits", "groups", "cap_claims"
 HEAD, PROJECTOR = "head", "projector"
@@ -112,6 +112,11 @@ class AuditRepo(Repo):
     def iter_entries(self, batch=2000):
         """Every stored entry in position order, streamed (one scan, never all in memory)."""
         return self.db[ENTRIES].find({}, {"leaf": 0, "appended_at": 0}).sort("_id", ASCENDING).batch_size(batch)
+
+    def entries_between(self, start, size, batch=2000):
+        """The stored entries at positions start..size-1, in position order, with their stored leaves."""
+        return self.db[ENTRIES].find({"position": {"$gte": start, "$lt": size}}, {"appended_at": 0}).sort(
+            "_id", ASCENDING).batch_size(batch)
 
     def leaves(self, size):
         """The stored Merkle leaves of the first `size` entries."""
@@ -226,6 +231,25 @@ class AuditRepo(Repo):
 
     def anomaly(self, anomaly_id):
         return self.db[ANOMALIES].find_one({"_id": anomaly_id}, {"outbox": 0})
+
+
+    # -- sign-in events read from Keycloak (services/audit/identity.py) -----------------------------
+    def identity_cursor(self, source):
+        """The time (ms) of the newest Keycloak event of `source` (user, admin) read so far, or None."""
+        doc = self.db[META].find_one({"_id": f"identity:{source}"})
+        return doc["time_ms"] if doc else None
+
+    def set_identity_cursor(self, source, time_ms):
+        """Moves the cursor forward only: two pods reading at once never move it back."""
+        key_ = f"identity:{source}"
+        self._insert_once(META, {"_id": key_, "time_ms": time_ms})
+        self.db[META].update_one({"_id": key_, "time_ms": {"$lt": time_ms}}, {"$set": {"time_ms": time_ms}})
+
+    def identity_seen(self, keycloak_event_id):
+        return self.db[IDENTITY_SEEN].find_one({"_id": keycloak_event_id}) is not None
+
+    def mark_identity_seen(self, keycloak_event_id):
+        self._insert_once(IDENTITY_SEEN, {"_id": keycloak_event_id})
 
 
 class AuditStore(MongoStore):
