@@ -8,6 +8,7 @@ from marshmallow import Schema, fields, validate
 
 from ipvkit.contracts.common import ID, SHA256
 from ipvkit.events import register
+from ipvkit.text import Text
 
 KINDS = ("contract", "invoice", "payment_proof", "deliverable")
 MEDIA_TYPES = ("application/pdf", "image/jpeg", "image/png", "application/ofd", "application/xml")
@@ -16,11 +17,11 @@ UPLOADER_ROLES = ("enterprise", "agency")
 
 @register("document.uploaded", 1)
 class DocumentUploaded(Schema):
-    document_id = fields.String(required=True, validate=ID)
-    order_id = fields.String(required=True, validate=ID)
-    kind = fields.String(required=True, validate=validate.OneOf(KINDS))
-    sha256 = fields.String(required=True, validate=SHA256)
+    document_id = Text(required=True, validate=ID)
+    order_id = Text(required=True, validate=ID)
+    kind = Text(required=True, validate=validate.OneOf(KINDS))
+    sha256 = Text(required=True, validate=SHA256)
     size_bytes = fields.Integer(required=True, strict=True, validate=validate.Range(1, 2**40))
-    media_type = fields.String(required=True, validate=validate.OneOf(MEDIA_TYPES))
-    uploader_role = fields.String(required=True, validate=validate.OneOf(UPLOADER_ROLES))
-    uploader_id = fields.String(required=True, validate=ID)
+    media_type = Text(required=True, validate=validate.OneOf(MEDIA_TYPES))
+    uploader_role = Text(required=True, validate=validate.OneOf(UPLOADER_ROLES))
+    uploader_id = Text(required=True, validate=ID)

@@ -141,9 +141,9 @@ class OrderDelivered(_Order):
 
 
 class DeliveredDocument(Schema):
-    kind = fields.String(required=True, validate=validate.OneOf(DOCUMENT_KINDS))
-    document_id = fields.String(required=True, validate=ID)
-    sha256 = fields.String(required=True, validate=SHA256)
+    kind = Text(required=True, validate=validate.OneOf(DOCUMENT_KINDS))
+    document_id = Text(required=True, validate=ID)
+    sha256 = Text(required=True, validate=SHA256)
 
 
 @register("order.delivered", 2)

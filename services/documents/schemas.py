@@ -3,6 +3,7 @@ from marshmallow import Schema, fields, validate
 
 from ipvkit.contracts.common import ID
 from ipvkit.contracts.document import KINDS, MEDIA_TYPES
+from ipvkit.text import Text
 
 LEDGER_STATES = ("matches", "differs", "not_delivered", "not_in_ledger", "unavailable")
 
@@ -11,8 +12,8 @@ class UploadForm(Schema):
     """The multipart/form-data fields of an upload (the file itself is read as it streams)."""
     file = fields.Raw(required=True, metadata={"type": "string", "format": "binary", "description":
                       "PDF, JPEG, PNG, OFD or 全电发票 XML, judged by content; at most DOCUMENT_MAX_BYTES (20 MB)"})
-    kind = fields.String(required=True, validate=validate.OneOf(KINDS))
-    order_id = fields.String(required=True, validate=ID, metadata={"description": "the order the file belongs to"})
+    kind = Text(required=True, validate=validate.OneOf(KINDS))
+    order_id = Text(required=True, validate=ID, metadata={"description": "the order the file belongs to"})
 
 
 class UploaderOut(Schema):
@@ -45,7 +46,7 @@ class DocumentOut(Schema):
 
 
 class DocumentQuery(Schema):
-    order_id = fields.String(required=True, validate=ID)
+    order_id = Text(required=True, validate=ID)
 
 
 class DocumentList(Schema):

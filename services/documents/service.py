@@ -10,7 +10,7 @@ import eventlet
 from eventlet import tpool
 from amqp.exceptions import NotFound as QueueNotFound
 from kombu import Connection
-from marshmallow import RAISE, Schema, ValidationError, fields, validate
+from marshmallow import RAISE, Schema, ValidationError, validate
 from nameko.dependency_providers import Config
 from nameko.exceptions import UnknownService
 from nameko.rpc import RpcProxy
@@ -25,6 +25,7 @@ from ipvkit.contracts.document import KINDS, MEDIA_TYPES
 from ipvkit.errors import (ApiError, BadRequest, NotFound, PayloadTooLarge, RuleRefused, Unavailable,
                            UnsupportedMediaType)
 from ipvkit.http import ServiceBase, api
+from ipvkit.text import Text
 from services.documents import domain, metrics
 from services.documents import schemas as s
 from services.documents.storage import AlreadyStored, DocumentStore, Missing, ObjectStore, StorageError
@@ -41,8 +42,8 @@ SAFE_FILENAME = re.compile(r"[\x00-\x1f\x7f\u202a-\u202e\u2066-\u2069\\/]")
 
 class _FormFields(Schema):
     """The text fields of an upload, as marshmallow checks every other body."""
-    kind = fields.String(required=True, validate=validate.OneOf(KINDS))
-    order_id = fields.String(required=True, validate=ID)
+    kind = Text(required=True, validate=validate.OneOf(KINDS))
+    order_id = Text(required=True, validate=ID)
 
 
 def document_view(doc):

@@ -168,14 +168,14 @@ class OrderPage(Schema):
 
 class DeliveryDocumentsIn(Schema):
     """Ids of documents uploaded to the documents service for this order (each optional)."""
-    contract = fields.String(validate=ID)
-    invoice = fields.String(validate=ID)
-    payment_proof = fields.String(validate=ID)
-    deliverable = fields.String(validate=ID)
+    contract = Text(validate=ID)
+    invoice = Text(validate=ID)
+    payment_proof = Text(validate=ID)
+    deliverable = Text(validate=ID)
 
 
 class DeliverIn(Evidence):
-    deliverable_sha256 = fields.String(validate=SHA256, metadata={
+    deliverable_sha256 = Text(validate=SHA256, metadata={
         "description": "required unless documents.deliverable names an upload (its SHA-256 is then used)"})
     documents = fields.Nested(DeliveryDocumentsIn, metadata={
         "description": "uploaded documents by kind; each must be this order's, uploaded by its enterprise or agency"})

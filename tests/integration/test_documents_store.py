@@ -4,12 +4,13 @@ overwritten; a retry after such a crash finishes the first run's upload instead 
 import base64
 import hashlib
 import re
-import time
+from datetime import datetime, timezone
 
 import pytest
 import requests
-from nameko.testing.services import entrypoint_hook
+from nameko.testing.services import entrypoint_hook, replace_dependencies
 
+from ipvkit.clock import FixedClock
 from services.documents.service import DocumentsService
 from tests import document_samples as samples
 from tests.conftest import remove_bucket
@@ -32,7 +33,11 @@ def sweep(docs):
 
 def test_an_object_without_metadata_is_never_referenced_and_is_swept_once_old(container_factory, service_config,
                                                                               token):
-    docs = started(container_factory, service_config, token, DOCUMENT_ORPHAN_AGE_S=1)
+    clock = FixedClock(datetime.now(timezone.utc))
+    container = container_factory(DocumentsService, service_config)
+    replace_dependencies(container, clock=clock)
+    container.start()
+    docs = Documents(container, service_config, token)
     order_id = docs.order()
     kept = docs.upload(order_id, samples.pdf()).json()["document_id"]
     orphan = "d_" + "0" * 24  # what a crash between the object write and the metadata write leaves
@@ -40,7 +45,7 @@ def test_an_object_without_metadata_is_never_referenced_and_is_swept_once_old(co
     assert docs("GET", f"/api/v1/documents/{orphan}", "auditor", "a1").status_code == 404
     assert [d["document_id"] for d in docs("GET", f"/api/v1/documents?order_id={order_id}").json()["items"]] == [kept]
     assert sweep(docs) == 0                   # younger than DOCUMENT_ORPHAN_AGE_S: could be an upload in flight
-    time.sleep(2.1)
+    clock.advance(hours=2)
     assert sweep(docs) == 1
     assert bucket_keys(docs) == [kept]        # the referenced one is untouched
     assert docs("GET", f"/api/v1/documents/{kept}/content", "agency", AG).status_code == 200
