@@ -45,9 +45,11 @@ test-unit: install
 deadletters:
 	@$(ENV) && $(PY) -W ignore -m ipvkit.deadletters $(or $(ARGS),list)
 
-# Load benchmark, not part of `make test`; figures and how to read them: bench/README.md.
+# Benchmarks, not part of `make test`; figures and how to read them: bench/README.md.
+# BENCH picks one: run (the whole chain), vouchers_orders, audit_ledger, providers_load.
+BENCH ?= run
 bench: stack
-	@$(ENV) && $(PY) -W ignore -m bench.run $(BENCH_ARGS)
+	@$(ENV) && $(PY) -W ignore -m bench.$(BENCH) $(BENCH_ARGS)
 
 status:
 	@bash scripts/stack.sh status; test -f var/env && bash scripts/services.sh status || true

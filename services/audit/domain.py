@@ -218,13 +218,15 @@ def concentration(group, agency_id, total, of_agency, orders, thresholds):
                 [(o["position"], o["event_id"]) for o in orders])
 
 
-def claims_at_cap(claims, thresholds):
-    """An agency claiming exactly the item cap again and again in one programme."""
-    if len(claims) < thresholds.cap_claims_min:
+def claims_at_cap(claims, thresholds, count=None):
+    """An agency claiming exactly the item cap again and again in one programme. `claims`: the
+    first of them (evidence); `count`: how many in all (default: as many as `claims`)."""
+    count = len(claims) if count is None else count
+    if count < thresholds.cap_claims_min:
         return None
     first = claims[0]
     return flag("claims_at_cap", (first["agency"], first["programme"]),
-                f"agency {first['agency']} claimed exactly the item cap {len(claims)} times in programme "
+                f"agency {first['agency']} claimed exactly the item cap {count} times in programme "
                 f"{first['programme']}",
                 {"agency_id": first["agency"], "programme_id": first["programme"]},
                 [(c["position"], c["event_id"]) for c in claims])

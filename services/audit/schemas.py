@@ -64,6 +64,9 @@ class AnomalyQuery(Schema):
 
 class ReconcileQuery(Schema):
     programme = Text(validate=ID)
+    # A page of programmes in id order (each costs the vouchers service's figures per voucher).
+    after = Text(validate=ID)
+    limit = fields.Integer(load_default=20, validate=validate.Range(1, 100))
 
 
 # -- answers ---------------------------------------------------------------------------------------
@@ -215,6 +218,7 @@ class ReconciliationOut(Schema):
     ledger_size = fields.Integer(required=True)
     through_position = fields.Integer(required=True)
     programmes = fields.List(fields.Nested(ProgrammeReconciliation))
+    next_cursor = fields.String(allow_none=True, metadata={"description": "pass as `after` for the next page"})
     ledger_balances = fields.List(fields.Nested(LedgerBalance))
 
 

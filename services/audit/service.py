@@ -349,9 +349,12 @@ class AuditService(ServiceBase):
     @api("GET", "/api/v1/audit/reconciliation", roles=READERS, query=s.ReconcileQuery, response=s.ReconciliationOut,
          summary="Balances rebuilt from the ledger against the vouchers service's own, per programme and voucher")
     def reconciliation(self, call):
-        wanted = call.query.get("programme")
-        ours = domain.balances(domain.sum_facts(self.store.facts(
-            {"programme": wanted} if wanted else {}, fields=("programme", "bucket", "fen", "count")), "programme"))
+        """One page of programmes (`after`, `limit`), one read of the facts for all of them."""
+        wanted, after, limit = call.query.get("programme"), call.query.get("after"), call.query["limit"]
+        facts = list(self.store.facts({"programme": wanted} if wanted else {},
+                                      fields=("programme", "voucher", "bucket", "fen", "count", "position",
+                                              "event_id", "type")))
+        ours = domain.balances(domain.sum_facts(facts, "programme"))
         try:
             theirs = {p["programme_id"]: p for p in self._ask_vouchers("programme_balances")}
         except Unavailable as exc:
@@ -363,9 +366,16 @@ class AuditService(ServiceBase):
         programmes = sorted((set(theirs) | set(ours)) - {None})
         if wanted:
             programmes = [p for p in programmes if p == wanted]
-        report = [self._reconcile_programme(p, ours.get(p), theirs.get(p)) for p in programmes]
+        if after:
+            programmes = [p for p in programmes if p > after]
+        page = programmes[:limit]
+        by_programme = {}
+        for fact in facts:
+            by_programme.setdefault(fact["programme"], []).append(fact)
+        report = [self._reconcile_programme(p, ours.get(p), theirs.get(p), by_programme.get(p, [])) for p in page]
         return {"ok": all(r["ok"] for r in report), "compared": True, "ledger_size": self.store.head()["size"],
-                "through_position": self.store.projector_position() - 1, "programmes": report}
+                "through_position": self.store.projector_position() - 1, "programmes": report,
+                "next_cursor": page[-1] if len(programmes) > limit else None}
 
     def _ask_vouchers(self, method, *args, **kwargs):
         """One RPC to the vouchers service, or a 503 at once when no pod of it listens (a call
@@ -384,7 +394,7 @@ class AuditService(ServiceBase):
         except UnknownService:
             raise Unavailable("the vouchers service is not running; reconciliation needs its figures")
 
-    def _reconcile_programme(self, programme_id, ours, theirs):
+    def _reconcile_programme(self, programme_id, ours, theirs, facts):
         out = {"programme_id": programme_id, "differences": {}, "vouchers": [], "entries": []}
         if ours is None or theirs is None:
             out.update(ok=False, missing_in="ledger" if ours is None else "vouchers service")
@@ -394,7 +404,6 @@ class AuditService(ServiceBase):
         if sum(ours[b] for b in domain.BUCKETS) != ours["budget"]:
             out["differences"]["conservation"] = {"ledger": sum(ours[b] for b in domain.BUCKETS),
                                                   "service": ours["budget"]}
-        facts = list(self.store.facts({"programme": programme_id}))
         per_voucher = domain.sum_facts([f for f in facts if f["voucher"]], "voucher")
         seen = set()
         after = None
