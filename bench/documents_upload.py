@@ -1,7 +1,7 @@
 """Upload throughput of the documents service for a 10 MB file, with the ceilings it sits under,
 all measured in one run on one machine:
 
-    source var/env && .venv/bin/python -W ignore -m bench.documents_upload [--rounds 10] [--clients 4]
+    make bench BENCH=documents_upload BENCH_ARGS="--rounds 10 --clients 4"
 
 1. the service as deployed: one `nameko run` process on a fresh database and bucket (test vhost), the
    10 MB PDF uploaded over HTTP (multipart, keep-alive), sequentially and then from `--clients` threads;
