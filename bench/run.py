@@ -417,7 +417,8 @@ def main(argv=None):
     if args.private_stack:
         from tests.faults.harness import PrivateStack
         stack = PrivateStack.start()
-        os.environ.update(AMQP_URI=stack.amqp_uri, MONGO_URI=stack.mongo_uri, IPV_RABBIT_NODE=stack.node)
+        os.environ.update(AMQP_URI=stack.amqp_uri, MONGO_URI=stack.mongo_uri, IPV_RABBIT_NODE=stack.node,
+                          **stack.s3_settings())
     amqp_uri = fresh_vhost(os.environ["AMQP_URI"])
     mongo = MongoClient(os.environ["MONGO_URI"])
     names = args.services.split(",") if args.services else sorted(services())

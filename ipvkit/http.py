@@ -124,6 +124,7 @@ class Call:
     path: dict = field(default_factory=dict)
     correlation_id: str = None
     idempotency_key: str = None  # role:subject:key when the request carries an Idempotency-Key
+    request: object = None  # the werkzeug request, for a `stream=True` route that reads its own body
 
     def stable_hex(self, digits):
         """Hex digits for a new record's id: the same on every run of this request under one
@@ -214,7 +215,10 @@ class ApiHandler(HttpRequestHandler):
     server = _JsonWebServer()  # every handler of a service must share it: OpsHandler too
 
     def __init__(self, method, url, *, roles, body=None, query=None, response=None, other_types=(), status=200,
-                 summary="", unverified=False, **kwargs):
+                 summary="", unverified=False, stream=None, **kwargs):
+        """`stream`: the schema of a multipart/form-data body whose fields the route reads itself from
+        `call.request` (a file upload, never held whole in memory); the route then handles its own
+        Idempotency-Key. `other_types`: media types the route may answer instead of JSON."""
         self.roles = tuple(roles)
         self.unverified = unverified  # also for enterprise accounts an officer has not verified yet
         self.body_schema = body
@@ -223,6 +227,7 @@ class ApiHandler(HttpRequestHandler):
         self.other_types = tuple(other_types)  # media types the route may answer instead of JSON (CSV, NDJSON)
         self.status = status
         self.summary = summary
+        self.stream_schema = stream
         super().__init__(method, url, **kwargs)
 
     def setup(self):
@@ -273,6 +278,9 @@ class ApiHandler(HttpRequestHandler):
         call = Call(principal=principal, path=_path_values(request), correlation_id=correlation_id)
         _refuse_huge_integers(call.path, "path")
         call.query = self._load(self.query_schema, _query(request), "query")
+        if self.stream_schema is not None:
+            call.request = request
+            return self._run(call)
         raw = b""
         if self.body_schema is not None:
             raw = self._read_body(request)
@@ -400,6 +408,9 @@ class OpsHandler(HttpRequestHandler):
         store = find_store(self.container)
         checks = {"database": store is not None and store.repo_class(store).ping(),
                   "broker": _broker_answers(self.container.config["AMQP_URI"])}
+        for dep in self.container.dependencies:  # what else a service cannot work without (object storage)
+            if hasattr(dep, "readiness"):
+                checks[dep.readiness_name] = dep.readiness()
         return json_response(200 if all(checks.values()) else 503,
                              {"status": "ready" if all(checks.values()) else "not ready", "checks": checks})
 

@@ -10,9 +10,10 @@ from ipvkit.http import PUBLIC, WRITE_METHODS, ApiHandler
 
 ERRORS = {400: "Invalid input; `fields` names each bad field", 401: "Missing or invalid bearer token",
           403: "Wrong role, or not your record", 404: "Not found", 409: "Conflict with the current state",
-          413: "Body too large", 415: "The body is not sent as application/json (UTF-8)",
+          413: "Body too large", 415: "The body is not sent as application/json (UTF-8); for an upload, not "
+          "multipart/form-data or a file of a kind the route does not take (`reason` says why)",
           422: "A rule refused the request; `rule` names it",
-          503: "The database or the identity provider is unavailable; retry"}
+          503: "A dependency (the database, the identity provider, object storage) is unavailable; retry"}
 
 
 class ErrorSchema(Schema):
@@ -56,6 +57,10 @@ def build_spec(container):
         if ep.body_schema is not None:
             operation["requestBody"] = {"required": True,
                                         "content": {"application/json": {"schema": ep.body_schema}}}
+            codes.append(415)
+        if ep.stream_schema is not None:
+            operation["requestBody"] = {"required": True,
+                                        "content": {"multipart/form-data": {"schema": ep.stream_schema}}}
             codes.append(415)
         ok = {"description": "OK"}
         if ep.response_schema is not None:

@@ -12,6 +12,10 @@ FERRETDB_VERSION=v1.24.2
 # changed patch rebuilds it.
 FERRETDB_PATCH=$ROOT/scripts/ferretdb-$FERRETDB_VERSION.patch
 FERRETDB_BIN=$CACHE/bin/ferretdb-$FERRETDB_VERSION-$(sha256sum "$FERRETDB_PATCH" | cut -c1-8)
+# Object storage for the documents service: the Versity S3 gateway over a folder (its posix backend).
+VERSITYGW_VERSION=v1.8.0
+VERSITYGW_BIN=$CACHE/bin/versitygw-$VERSITYGW_VERSION
+S3_PORT=${IPV_S3_PORT:-7070}
 # Project-specific ports so a developer's own RabbitMQ/MongoDB on the default ports is left alone.
 AMQP_PORT=${IPV_AMQP_PORT:-5673}
 RABBIT_DIST_PORT=${IPV_RABBIT_DIST_PORT:-25673}

@@ -3,12 +3,16 @@ where to look. Every write carries a fixed Idempotency-Key, so running it again 
 
 The story: two qualified enterprises, two agencies (one rated A+ by a bonus, one C, below the line),
 an open 玉环-style programme, a voucher, and one order taken all the way to payment, one left open."""
+import io
 import json
 import os
 import sys
 import time
 import urllib.error
 import urllib.request
+
+from pypdf import PdfWriter
+from urllib3 import encode_multipart_formdata
 
 from scripts.keycloak import Keycloak, Tokens, print_users
 
@@ -58,6 +62,24 @@ EVIDENCE = {"contract_ref": "HT-2026-DEMO-1", "invoice_no": "33000261-0001", "pa
 PORT_BASE = int(os.environ.get("IPV_SERVICE_PORT_BASE") or 8100)   # as scripts/services.sh
 
 
+# The delivery's documents: a contract (PDF) and the 数电票 XML of the agency's invoice.
+INVOICE_XML = """<?xml version="1.0" encoding="UTF-8"?>
+<EInvoice><Header><EIid>26332000000000000001</EIid><Version>0.1</Version></Header>
+<EInvoiceData><SellerInformation><SellerIdNum>91331021MA2H1PT0XL</SellerIdNum><SellerName>玉环明诚专利代理事务所</SellerName></SellerInformation>
+<BuyerInformation><BuyerIdNum>91350100M000100Y43</BuyerIdNum><BuyerName>福州闽光精密制造有限公司</BuyerName></BuyerInformation>
+<BasicInformation><TotalTax-includedAmount>12000.00</TotalTax-includedAmount></BasicInformation></EInvoiceData>
+<TaxSupervisionInfo><InvoiceNumber>26332000000000000001</InvoiceNumber><IssueTime>2026-06-01</IssueTime></TaxSupervisionInfo>
+</EInvoice>""".encode()
+
+
+def contract_pdf():
+    writer, out = PdfWriter(), io.BytesIO()
+    writer.add_blank_page(width=595, height=842)
+    writer.add_metadata({"/Title": "HT-2026-DEMO-1 专利导航分析服务合同"})
+    writer.write(out)
+    return out.getvalue()
+
+
 class Api:
     def __init__(self, base):
         # Each call signed in as the demo user of its role, through the realm (tokens kept in var/keycloak).
@@ -81,8 +103,25 @@ class Api:
                 sys.exit(f"demo data: {method} {path} answered {status} {answer}")
             return answer
 
-    def _send(self, method, path, body, headers):
-        data = json.dumps(body).encode() if body is not None else None
+    def upload(self, role, subject, order_id, kind, filename, data, key):
+        """A file for an order, as the portal sends it (multipart); retried while the documents service
+        has not yet heard of the order (it learns orders from their events)."""
+        body, content_type = encode_multipart_formdata(
+            {"kind": kind, "order_id": order_id, "file": (filename, data, "application/octet-stream")})
+        headers = {"Authorization": f"Bearer {self.tokens(role, subject)}", "Content-Type": content_type,
+                   "Idempotency-Key": f"demo-{key}"}
+        deadline = time.monotonic() + 20
+        while True:
+            status, answer = self._send("POST", "/api/v1/documents", body, headers, raw=True)
+            if status == 404 and time.monotonic() < deadline:
+                time.sleep(0.5)
+                continue
+            if status != 201:
+                sys.exit(f"demo data: uploading {filename} answered {status} {answer}")
+            return answer
+
+    def _send(self, method, path, body, headers, raw=False):
+        data = body if raw else json.dumps(body).encode() if body is not None else None
         request = urllib.request.Request(self.base + path, method=method, data=data, headers=headers)
         try:
             with urllib.request.urlopen(request, timeout=10) as response:
@@ -116,7 +155,11 @@ def main(base):
     paid = api("enterprise", enterprise, "POST", "/api/v1/orders", order, key="order-paid",
                retry_rules=("agency_unknown", "agency_below_rating_line"))
     oid = paid["order_id"]
-    api("agency", GOOD_AGENCY, "POST", f"/api/v1/orders/{oid}/deliver", EVIDENCE, key="deliver")
+    documents = {kind: api.upload("agency", GOOD_AGENCY, oid, kind, name, data, key=f"doc-{kind}")["document_id"]
+                 for kind, name, data in (("contract", "服务合同.pdf", contract_pdf()),
+                                          ("invoice", "数电票.xml", INVOICE_XML))}
+    api("agency", GOOD_AGENCY, "POST", f"/api/v1/orders/{oid}/deliver", dict(EVIDENCE, documents=documents),
+        key="deliver", retry_rules=("delivery_documents",))
     api("enterprise", enterprise, "POST", f"/api/v1/orders/{oid}/confirm", key="confirm")
     claim = api("agency", GOOD_AGENCY, "POST", "/api/v1/claims", {"order_id": oid}, key="claim")
     api("officer", "demo-officer", "POST", f"/api/v1/claims/{claim['claim_id']}/approve", key="approve")
@@ -128,8 +171,8 @@ def main(base):
 IP-service vouchers is running, with demo data: programme {pid}, voucher {vid} of {enterprise},
 order {oid} paid to agency {GOOD_AGENCY}, order {open_order['order_id']} open.
 
-  API base:   {base}/api/v1   (OpenAPI per service: {base}/api/v1/openapi/<enterprises|providers|vouchers|audit>.json)
-  Metrics:    http://127.0.0.1:{PORT_BASE + 1}/metrics .. :{PORT_BASE + 4}/metrics   (enterprises, providers, vouchers, audit)
+  API base:   {base}/api/v1   (OpenAPI per service: {base}/api/v1/openapi/<enterprises|providers|vouchers|audit|documents>.json)
+  Metrics:    http://127.0.0.1:{PORT_BASE + 1}/metrics .. :{PORT_BASE + 5}/metrics   (enterprises, providers, vouchers, audit, documents)
   Logs:       var/run/*.log
 
 Try (make token signs in to Keycloak as a user of that role, with the TOTP code for staff):
@@ -137,6 +180,7 @@ Try (make token signs in to Keycloak as a user of that role, with the TOTP code 
   curl -H "Authorization: Bearer $T" {base}/api/v1/programmes/{pid}/balances
   curl -H "Authorization: Bearer $T" "{base}/api/v1/recommendations?service_code=PAT-01&region=331021"
   curl -H "Authorization: Bearer $(make -s token ROLE=auditor SUBJECT=a1)" {base}/api/v1/audit/verify
+  curl -H "Authorization: Bearer $T" {base}/api/v1/documents/{documents['contract']}/verify
 Stop everything with: make stop
 """)
     print_users()

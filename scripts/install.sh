@@ -3,6 +3,7 @@
 #   Debian packages: rabbitmq-server, nginx-light (local ingress), prometheus (with promtool; ops tests)
 #   FerretDB v1.24.2 built from the Go module proxy
 #   Keycloak (identity provider) from Maven Central, on a Java >= 21 found on the machine (or from apt)
+#   the Versity S3 gateway (versitygw v1.8.0) built from the Go module proxy, for the documents service
 #   Python virtualenv in .venv with the pinned dependencies of pyproject.toml
 source "$(dirname "$0")/common.sh"
 
@@ -48,6 +49,16 @@ if [ -z "${MONGO_URI:-}" ] && [ ! -x "$FERRETDB_BIN" ]; then
   (cd "$build" && git apply "$FERRETDB_PATCH") || die "could not apply $FERRETDB_PATCH to FerretDB $FERRETDB_VERSION"
   (cd "$build" && go build -o "$FERRETDB_BIN.tmp" ./cmd/ferretdb) || die "building FerretDB failed"
   mv "$FERRETDB_BIN.tmp" "$FERRETDB_BIN"
+  rm -rf "$build"
+fi
+
+if [ -z "${S3_ENDPOINT_URL:-}" ] && [ ! -x "$VERSITYGW_BIN" ]; then
+  command -v go >/dev/null || die "Go is needed to build the Versity S3 gateway: install Go >= 1.24 (https://go.dev/doc/install)"
+  say "building the Versity S3 gateway $VERSITYGW_VERSION (once; cached in $CACHE/bin)"
+  build=$(mktemp -d)
+  GOBIN=$build go install "github.com/versity/versitygw/cmd/versitygw@$VERSITYGW_VERSION" \
+    || die "building versitygw $VERSITYGW_VERSION failed (Go module proxy reachable?)"
+  mv "$build/versitygw" "$VERSITYGW_BIN"
   rm -rf "$build"
 fi
 

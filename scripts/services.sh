@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Starts or stops every service and the local ingress (nginx on $PORT, default 8000, routing
 # /api/v1/<area> to the owning service as the Kubernetes Ingress does). Services listen on
-# IPV_SERVICE_PORT_BASE+1.. (default 8101-8104), so two checkouts on one machine can run side by side.
+# IPV_SERVICE_PORT_BASE+1.. (default 8101-8105), so two checkouts on one machine can run side by side.
 #   scripts/services.sh start|stop|status|ingress   (ingress: only (re)start nginx)
 source "$(dirname "$0")/common.sh"
 source "$VAR/env"
@@ -15,6 +15,7 @@ SERVICES=(
   "providers 8102 agencies recommendations"
   "vouchers 8103 programmes vouchers orders claims"
   "audit 8104 audit"
+  "documents 8105 documents"
 )
 apply_port_base() {  # the table with IPV_SERVICE_PORT_BASE applied to its ports
   local i
@@ -24,6 +25,10 @@ apply_port_base() {  # the table with IPV_SERVICE_PORT_BASE applied to its ports
   done
 }
 apply_port_base
+# Uploads: the documents service's own limit (DOCUMENT_MAX_BYTES) plus room for the form around the file;
+# the service refuses a larger file itself, as JSON, as soon as it passes the limit.
+DOCUMENT_MAX_BYTES=${DOCUMENT_MAX_BYTES:-20971520}
+UPLOAD_BODY_KB=$(( DOCUMENT_MAX_BYTES / 1024 + 64 ))
 # What nginx itself answers (a body over the limit, a malformed request, a service down) is JSON in the
 # API's one error shape too: code, error, message (494 is nginx's own code for headers too large).
 INGRESS_ERRORS=(
@@ -90,7 +95,22 @@ start_ingress() {
     for entry in "${SERVICES[@]}"; do
       set -- $entry
       local name=$1; shift 2
-      for area in "$@"; do echo "    location /api/v1/$area { proxy_pass http://$name; }"; done
+      for area in "$@"; do
+        if [ "$area" = documents ]; then
+          # Streamed on to the service as it arrives, with the upload limit. A location with an error_page of
+          # its own inherits none of the server's: all of them again, 413 with the upload's own words.
+          echo "    location /api/v1/$area { client_max_body_size ${UPLOAD_BODY_KB}k; proxy_request_buffering off;"
+          for error in "${INGRESS_ERRORS[@]}"; do
+            set -- $error
+            [ "$1" = 413 ] || echo "      error_page $1 =$2 /_ingress_error/$1;"
+          done
+          echo "      error_page 413 =413 /_ingress_error/413-upload; proxy_pass http://$name; }"
+          echo "    location = /_ingress_error/413-upload { internal; default_type application/json;"
+          echo "      return 413 '{\"error\":\"payload_too_large\",\"message\":\"the upload is over $((DOCUMENT_MAX_BYTES / 1048576)) MB\"}'; }"
+        else
+          echo "    location /api/v1/$area { proxy_pass http://$name; }"
+        fi
+      done
       echo "    location = /api/v1/openapi/$name.json { proxy_pass http://$name/api/v1/openapi.json; }"
     done
     echo "    location / { default_type application/json; return 404 '{\"error\":\"not_found\",\"message\":\"no such route\"}'; }"

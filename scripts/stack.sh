@@ -1,16 +1,19 @@
 #!/usr/bin/env bash
-# Starts, stops or reports RabbitMQ, FerretDB and Keycloak for local use, all on loopback, data under var/.
+# Starts, stops or reports RabbitMQ, FerretDB, Keycloak and the S3 gateway for local use, all on loopback,
+# data under var/.
 #   scripts/stack.sh start|stop|status
-# With AMQP_URI / MONGO_URI / KEYCLOAK_URL set, that server is someone else's: nothing is started, it is
-# only checked.
+# With AMQP_URI / MONGO_URI / KEYCLOAK_URL / S3_ENDPOINT_URL set, that server is someone else's: nothing is
+# started, it is only checked.
 source "$(dirname "$0")/common.sh"
 # var/env (sourced by make) exports the URIs of the local servers: those are ours, not external.
 if [ -n "${IPV_LOCAL_STACK:-}" ]; then unset AMQP_URI MONGO_URI; fi
 if [ -n "${IPV_LOCAL_KEYCLOAK:-}" ]; then unset KEYCLOAK_URL; fi
+if [ -n "${IPV_LOCAL_S3:-}" ]; then unset S3_ENDPOINT_URL S3_ACCESS_KEY S3_SECRET_KEY; fi
 
 RABBIT_DIR=$VAR/rabbitmq
 FERRET_DIR=$VAR/ferretdb
 KC_DIR=$VAR/keycloak
+S3_DIR=$VAR/s3
 PY=$VENV/bin/python
 TEST_VHOST=${IPV_TEST_VHOST:-ipv_test}
 
@@ -91,6 +94,45 @@ start_ferret() {
   wait_for "FerretDB" 60 mongo_answers "$(mongo_uri)" $! || {
     tail -30 "$FERRET_DIR/ferretdb.log" >&2
     die "FerretDB did not answer on 127.0.0.1:$MONGO_PORT; see $FERRET_DIR/ferretdb.log. A port in use? try IPV_MONGO_PORT=..."; }
+}
+
+s3_uri() { echo "${S3_ENDPOINT_URL:-http://127.0.0.1:$S3_PORT}"; }
+s3_answers() { curl -fs -o /dev/null "$1/healthz"; }
+s3_reachable() { curl -s -o /dev/null "$1"; }   # any HTTP answer: an S3 endpoint of someone else's
+
+start_s3() {
+  if [ -n "${S3_ENDPOINT_URL:-}" ]; then
+    s3_reachable "$S3_ENDPOINT_URL" || die "S3_ENDPOINT_URL=$S3_ENDPOINT_URL does not answer"
+    say "using object storage at S3_ENDPOINT_URL"; return
+  fi
+  mkdir -p "$S3_DIR/data" "$S3_DIR/versions"
+  # The gateway's root credentials, made once per checkout and kept out of the process list's
+  # arguments (versitygw reads them from its environment).
+  if [ ! -s "$S3_DIR/credentials" ]; then
+    (umask 077; "$PY" -c 'import secrets; print("ipv" + secrets.token_hex(8)); print(secrets.token_urlsafe(30))' \
+      >"$S3_DIR/credentials")
+  fi
+  if s3_answers "$(s3_uri)"; then say "S3 gateway already running on 127.0.0.1:$S3_PORT"; return; fi
+  [ -x "$VERSITYGW_BIN" ] || die "versitygw missing: run scripts/install.sh"
+  say "starting the Versity S3 gateway $VERSITYGW_VERSION on 127.0.0.1:$S3_PORT (data: $S3_DIR)"
+  # Versioning (a folder of its own) is what S3 object lock needs: delivered documents get a legal hold.
+  ROOT_ACCESS_KEY_ID=$(sed -n 1p "$S3_DIR/credentials") ROOT_SECRET_ACCESS_KEY=$(sed -n 2p "$S3_DIR/credentials") \
+    setsid nohup "$VERSITYGW_BIN" --port "127.0.0.1:$S3_PORT" --health /healthz --quiet \
+    posix --versioning-dir "$S3_DIR/versions" "$S3_DIR/data" >"$S3_DIR/versitygw.log" 2>&1 </dev/null &
+  echo $! >"$S3_DIR/versitygw.pid"
+  wait_for "S3 gateway" 30 s3_answers "$(s3_uri)" $! || {
+    tail -30 "$S3_DIR/versitygw.log" >&2
+    die "the S3 gateway did not answer on 127.0.0.1:$S3_PORT; see $S3_DIR/versitygw.log. A port in use? try IPV_S3_PORT=..."; }
+}
+
+stop_s3() {
+  [ -z "${S3_ENDPOINT_URL:-}" ] || return 0
+  local pidf=$S3_DIR/versitygw.pid
+  if [ -f "$pidf" ] && kill "$(cat "$pidf")" 2>/dev/null; then
+    for _ in $(seq 50); do kill -0 "$(cat "$pidf")" 2>/dev/null || break; sleep 0.1; done
+    say "S3 gateway stopped"
+  fi
+  rm -f "$pidf"
 }
 
 stop_rabbit() {
@@ -174,6 +216,8 @@ status() {
   if amqp_answers "$(amqp_uri)"; then echo "rabbitmq: up   $(amqp_uri)"; else echo "rabbitmq: DOWN $(amqp_uri)"; fi
   if mongo_answers "$(mongo_uri)"; then echo "ferretdb: up   $(mongo_uri)"; else echo "ferretdb: DOWN $(mongo_uri)"; fi
   if realm_answers "$(keycloak_url)"; then echo "keycloak: up   $(keycloak_url)/realms/ipv"; else echo "keycloak: DOWN $(keycloak_url)"; fi
+  if s3_answers "$(s3_uri)" || { [ -n "${S3_ENDPOINT_URL:-}" ] && s3_reachable "$S3_ENDPOINT_URL"; }; then
+    echo "s3:       up   $(s3_uri)"; else echo "s3:       DOWN $(s3_uri)"; fi
 }
 
 write_env() {
@@ -192,11 +236,29 @@ export OIDC_AUDIENCE=ipv-api
 export IPV_KEYCLOAK_DIR='$KC_DIR'
 export IDENTITY_CLIENT_SECRET="\$(cat '$KC_DIR/tooling-secret' 2>/dev/null)"
 ENV
+  if [ -n "${S3_ENDPOINT_URL:-}" ]; then
+    cat >>"$VAR/env" <<ENV
+export S3_ENDPOINT_URL='$S3_ENDPOINT_URL'
+export S3_ACCESS_KEY='${S3_ACCESS_KEY:-}'
+export S3_SECRET_KEY='${S3_SECRET_KEY:-}'
+export S3_BUCKET='${S3_BUCKET:-ipv-documents}'
+ENV
+  else
+    # IPV_S3_DATA_DIR: where the local gateway keeps the objects (tests tamper with one there).
+    cat >>"$VAR/env" <<ENV
+export IPV_LOCAL_S3=1
+export S3_ENDPOINT_URL='$(s3_uri)'
+export S3_ACCESS_KEY="\$(sed -n 1p '$S3_DIR/credentials')"
+export S3_SECRET_KEY="\$(sed -n 2p '$S3_DIR/credentials')"
+export S3_BUCKET='${S3_BUCKET:-ipv-documents}'
+export IPV_S3_DATA_DIR='$S3_DIR/data'
+ENV
+  fi
 }
 
 case "${1:-}" in
-  start) start_rabbit; start_ferret; start_keycloak; write_env ;;
-  stop) stop_rabbit; stop_ferret; stop_keycloak ;;
+  start) start_rabbit; start_ferret; start_keycloak; start_s3; write_env ;;
+  stop) stop_rabbit; stop_ferret; stop_keycloak; stop_s3 ;;
   status) status ;;
   *) echo "usage: $0 start|stop|status" >&2; exit 2 ;;
 esac

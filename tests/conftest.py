@@ -5,6 +5,14 @@ import eventlet  # noqa: E402
 
 eventlet.monkey_patch()  # nameko needs it before anything opens a socket
 
+import ssl  # noqa: E402
+import urllib3.util.ssl_  # noqa: E402
+
+# schemathesis's pytest plugin imports urllib3 before this file patches ssl, so urllib3 still holds the
+# unpatched SSLContext, whose `options` setter then recurses into eventlet's (boto3 builds one even for
+# http). `nameko run` patches before any import and never meets this.
+urllib3.util.ssl_.SSLContext = ssl.SSLContext
+
 import json  # noqa: E402
 import os  # noqa: E402
 import socket  # noqa: E402
@@ -69,6 +77,41 @@ def empty_consumer_queues(request):
 
 
 @pytest.fixture(scope="session")
+def s3_settings():
+    """The object store the stack runs (scripts/stack.sh: the Versity S3 gateway)."""
+    settings = {k: os.environ.get(k) for k in ("S3_ENDPOINT_URL", "S3_ACCESS_KEY", "S3_SECRET_KEY")}
+    if not all(settings.values()):
+        pytest.fail("S3_ENDPOINT_URL, S3_ACCESS_KEY and S3_SECRET_KEY are not set: run the suite with `make test`")
+    return settings
+
+
+def s3_client(settings):
+    import boto3
+    from botocore.config import Config
+    return boto3.client("s3", endpoint_url=settings["S3_ENDPOINT_URL"], aws_access_key_id=settings["S3_ACCESS_KEY"],
+                        aws_secret_access_key=settings["S3_SECRET_KEY"], region_name="us-east-1",
+                        config=Config(s3={"addressing_style": "path"}))
+
+
+def remove_bucket(settings, bucket):
+    """Empties and deletes a test's bucket, legal holds lifted first; nothing if it was never made."""
+    from botocore.exceptions import ClientError
+    client = s3_client(settings)
+    try:
+        versions = client.list_object_versions(Bucket=bucket)
+    except ClientError:
+        return
+    for entry in versions.get("Versions", []) + versions.get("DeleteMarkers", []):
+        try:
+            client.put_object_legal_hold(Bucket=bucket, Key=entry["Key"], VersionId=entry["VersionId"],
+                                         LegalHold={"Status": "OFF"})
+        except ClientError:
+            pass  # a delete marker has no hold
+        client.delete_object(Bucket=bucket, Key=entry["Key"], VersionId=entry["VersionId"])
+    client.delete_bucket(Bucket=bucket)
+
+
+@pytest.fixture(scope="session")
 def issuer():
     """The tests' own token issuer (tests/issuer.py): services under test trust its public keys."""
     local = LocalIssuer().start()
@@ -92,16 +135,18 @@ def trusted_issuer(issuer):
 
 
 @pytest.fixture
-def service_config(amqp_uri, mongo_uri, trusted_issuer):
-    """A fresh database per test, a free HTTP port, the test vhost, the issuer whose tokens count."""
+def service_config(amqp_uri, mongo_uri, trusted_issuer, s3_settings):
+    """A fresh database per test, a free HTTP port, the test vhost, the issuer whose tokens count; for
+    the documents service a fresh bucket on the stack's object store."""
     db = f"test_{uuid.uuid4().hex[:12]}"
     # No tooling client unless a test gives it one (tests/integration/test_joining.py): a service under test
     # neither changes accounts nor reads the realm's sign-in events into its ledger.
     config = {"AMQP_URI": amqp_uri, "MONGO_URI": mongo_uri, "MONGO_DB": db,
               "WEB_SERVER_ADDRESS": f"127.0.0.1:{free_port()}", "max_workers": 10, "IDENTITY_CLIENT_SECRET": "",
-              **trusted_issuer}
+              **trusted_issuer, "S3_BUCKET": f"test-{db[5:]}", **s3_settings}
     yield config
     MongoClient(mongo_uri).drop_database(db)
+    remove_bucket(s3_settings, config["S3_BUCKET"])
 
 
 @pytest.fixture

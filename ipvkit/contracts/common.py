@@ -6,6 +6,7 @@ TIERS = ("innovative_sme", "tech_innovative_sme", "srdi_sme", "little_giant")
 LEVELS = ("national", "provincial", "municipal")
 REGION = validate.Regexp(r"^\d{6}$", error="must be a six-digit GB/T 2260 code")
 ID = validate.Length(1, 64)
+SHA256 = validate.Regexp(r"^[0-9a-f]{64}$", error="must be a lower-case hex SHA-256")
 
 
 class CreditCode(fields.String):

@@ -8,7 +8,8 @@ to the programme's budget.
 """
 from marshmallow import Schema, fields, validate
 
-from ipvkit.contracts.common import ID, REGION, TIERS, CreditCode
+from ipvkit.contracts.common import ID, REGION, SHA256, TIERS, CreditCode
+from ipvkit.contracts.document import KINDS as DOCUMENT_KINDS
 from ipvkit.contracts.provider import AGENCY_KINDS, SERVICE_CODE
 from ipvkit.events import register
 from ipvkit.text import Text
@@ -18,7 +19,6 @@ POSITIVE_FEN = validate.Range(1, 10**13)
 REDEMPTION_MODELS = ("enterprise_pays", "agency_redeems")  # 企业兑付 / 机构兑付
 PAYEE_ROLES = ("enterprise", "agency")
 RELEASED_TO = ("voucher", "programme")
-SHA256 = validate.Regexp(r"^[0-9a-f]{64}$", error="must be a lower-case hex SHA-256")
 
 
 def fen(**kw):
@@ -138,6 +138,20 @@ class OrderDelivered(_Order):
     delivered_on = fields.Date(required=True)
     on_time = fields.Boolean(required=True)
     evidence = fields.Nested(Evidence, required=True)
+
+
+class DeliveredDocument(Schema):
+    kind = Text(required=True, validate=validate.OneOf(DOCUMENT_KINDS))
+    document_id = Text(required=True, validate=ID)
+    sha256 = Text(required=True, validate=SHA256)
+
+
+@register("order.delivered", 2)
+class OrderDeliveredV2(OrderDelivered):
+    """v1 plus the uploaded documents the delivery names, each with the SHA-256 the documents
+    service computed (empty when the delivery named none): the ledger then proves which file was
+    paid against."""
+    documents = fields.List(fields.Nested(DeliveredDocument), required=True, validate=validate.Length(0, 4))
 
 
 @register("order.confirmed", 1)

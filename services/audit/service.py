@@ -11,7 +11,7 @@ from amqp.exceptions import NotFound as QueueNotFound
 from kombu import Connection
 from nameko.dependency_providers import Config
 from nameko.exceptions import UnknownService
-from nameko.rpc import RpcProxy
+from nameko.rpc import RpcProxy, rpc
 from nameko.timer import timer
 from pymerkle import InvalidChallenge
 from werkzeug.wrappers import Response
@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 
 NAME = "audit"
 READERS = ("auditor", "officer")
-PRODUCERS = ("enterprises", "providers", "vouchers", "audit")
+PRODUCERS = ("enterprises", "providers", "vouchers", "documents", "audit")
 BUCKET_FIELDS = ("budget", "remaining", "free", "held", "paid", "returned")
 VOUCHER_FIELDS = ("face_value", "free", "held", "paid", "returned")
 RPC_QUEUE = "rpc-vouchers"  # nameko's queue of the vouchers service's @rpc methods
@@ -107,6 +107,13 @@ class AuditService(ServiceBase):
             metrics.LAG.observe(max((now - occurred).total_seconds(), 0))
         projector.run(self.store, now, self.thresholds)
         return entry["position"]
+
+    @rpc
+    def ledger_entry(self, event_id):
+        """The ledger entry recording one event (its position, hashes and the event as recorded),
+        or None: the documents service compares a file's SHA-256 with what `order.delivered` put here."""
+        doc = self.store.entry_by_event(str(event_id))
+        return entry_view(doc) if doc else None
 
     @timer(interval=5)
     def record_sign_ins(self):

@@ -146,6 +146,41 @@ def check_agency(agency, item, enterprise_id, today):
         raise RuleRefused("related_party", "the enterprise and the agency are related parties")
 
 
+def delivery_documents(named, known, order_id, parties, evidence):
+    """The documents a delivery names (`named`: kind -> document id), checked against what
+    `document.uploaded` told this service (`known`: id -> its record), and the evidence to record.
+    Each must exist, belong to this order, be of the kind it is named as, and have been uploaded by
+    one of the order's `parties` ((role, id) of its enterprise and agency). A named deliverable's
+    SHA-256 becomes the evidence's `deliverable_sha256` (a typed-in one must agree with it).
+    Returns ([{kind, document_id, sha256}], evidence) or raises RuleRefused naming each problem."""
+    problems = {}
+    for kind, document_id in sorted(named.items()):
+        doc = known.get(document_id)
+        if doc is None:
+            problems[kind] = [f"no document {document_id} is known here (an upload is known within seconds)"]
+        elif doc["order_id"] != order_id or (doc["uploader_role"], doc["uploader_id"]) not in parties:
+            # One answer for both: naming another order's documents must not tell whose they are.
+            problems[kind] = [f"document {document_id} was not uploaded for this order by its enterprise or agency"]
+        elif doc["kind"] != kind:
+            problems[kind] = [f"document {document_id} was uploaded as {doc['kind']}, not {kind}"]
+    evidence = dict(evidence)
+    deliverable = known.get(named.get("deliverable"))
+    if not problems and deliverable is not None:
+        typed = evidence.get("deliverable_sha256")
+        if typed and typed != deliverable["sha256"]:
+            problems["deliverable"] = [f"deliverable_sha256 {typed} differs from the uploaded deliverable's "
+                                       f"{deliverable['sha256']}"]
+        evidence["deliverable_sha256"] = deliverable["sha256"]
+    if not evidence.get("deliverable_sha256") and "deliverable" not in problems:
+        problems["deliverable_sha256"] = ["give the deliverable's SHA-256, or name an uploaded deliverable"]
+    if problems:
+        raise RuleRefused("delivery_documents", "the delivery's documents cannot be accepted",
+                          fields={f"documents.{k}" if k in named else k: v for k, v in problems.items()})
+    documents = [{"kind": kind, "document_id": document_id, "sha256": known[document_id]["sha256"]}
+                 for kind, document_id in sorted(named.items())]
+    return documents, evidence
+
+
 def payee(redemption_model, order):
     """企业兑付: the enterprise paid in full and is reimbursed; 机构兑付: the agency redeems."""
     if redemption_model == "enterprise_pays":

@@ -1,8 +1,9 @@
 """API bodies of the vouchers service (its events' schemas are in ipvkit.contracts.voucher)."""
 from marshmallow import Schema, ValidationError, fields, validate, validates_schema
 
-from ipvkit.contracts.common import ID, REGION, TIERS
-from ipvkit.contracts.voucher import POSITIVE_FEN, REDEMPTION_MODELS, CatalogueItem, Evidence, TierTerms
+from ipvkit.contracts.common import ID, REGION, SHA256, TIERS
+from ipvkit.contracts.voucher import (POSITIVE_FEN, REDEMPTION_MODELS, CatalogueItem, DeliveredDocument, Evidence,
+                                      TierTerms)
 from ipvkit.text import Text
 from services.vouchers.domain import CLAIM_STATES, ORDER_STATES, PROGRAMME_STATES, VOUCHER_STATES
 
@@ -148,6 +149,8 @@ class OrderOut(Schema):
     placed_on = fields.String(required=True)
     delivered_on = fields.String(allow_none=True)
     evidence = fields.Nested(Evidence, allow_none=True)
+    documents = fields.List(fields.Nested(DeliveredDocument), allow_none=True,
+                            metadata={"description": "the uploaded documents the delivery named, with their SHA-256"})
     reason = fields.String(allow_none=True)
     claim = fields.Nested(ClaimOut, allow_none=True)
 
@@ -163,8 +166,19 @@ class OrderPage(Schema):
                                 metadata={"description": "pages run over vouchers: a page may hold more or fewer"})
 
 
+class DeliveryDocumentsIn(Schema):
+    """Ids of documents uploaded to the documents service for this order (each optional)."""
+    contract = Text(validate=ID)
+    invoice = Text(validate=ID)
+    payment_proof = Text(validate=ID)
+    deliverable = Text(validate=ID)
+
+
 class DeliverIn(Evidence):
-    pass
+    deliverable_sha256 = Text(validate=SHA256, metadata={
+        "description": "required unless documents.deliverable names an upload (its SHA-256 is then used)"})
+    documents = fields.Nested(DeliveryDocumentsIn, metadata={
+        "description": "uploaded documents by kind; each must be this order's, uploaded by its enterprise or agency"})
 
 
 class ResolveIn(Schema):

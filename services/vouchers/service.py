@@ -59,7 +59,7 @@ def order_view(voucher, order_id):
     view = {k: order[k] for k in keys}
     view.update(order_id=order_id, voucher_id=voucher["_id"], programme_id=voucher["programme_id"],
                 enterprise_id=voucher["enterprise_id"], delivered_on=order.get("delivered_on"),
-                evidence=order.get("evidence"), reason=order.get("reason"),
+                evidence=order.get("evidence"), documents=order.get("documents"), reason=order.get("reason"),
                 claim=claim_view(voucher, order_id, order))
     return view
 
@@ -82,13 +82,13 @@ class VouchersService(ServiceBase):
     clock = Clock()
     config = Config()
 
-    def _event(self, actor, type_, aggregate_id, sequence, data, correlation_id=None):
+    def _event(self, actor, type_, aggregate_id, sequence, data, correlation_id=None, version=1):
         return new_event(type=type_, producer=NAME, aggregate_id=aggregate_id, sequence=sequence, data=data,
-                         actor=actor, now=self.clock.now(), correlation_id=correlation_id)
+                         actor=actor, now=self.clock.now(), correlation_id=correlation_id, version=version)
 
-    def _call_event(self, call, *args):
+    def _call_event(self, call, *args, version=1):
         actor = call.principal.as_actor() if call else {"role": "system", "id": NAME}
-        return self._event(actor, *args, correlation_id=call.correlation_id if call else None)
+        return self._event(actor, *args, correlation_id=call.correlation_id if call else None, version=version)
 
     def _programme(self, programme_id):
         doc = self.store.programme(programme_id)
@@ -414,10 +414,10 @@ class VouchersService(ServiceBase):
             metrics.moved(stored["programme_id"], inc or {}, ended=(set_ or {}).get("status") in ("expired", "revoked"))
         return stored
 
-    def _order_event(self, call, type_, voucher, order_id, order, **data):
+    def _order_event(self, call, type_, voucher, order_id, order, version=1, **data):
         base = {"programme_id": voucher["programme_id"], "voucher_id": voucher["_id"],
                 "enterprise_id": voucher["enterprise_id"], "order_id": order_id, "agency_id": order["agency_id"]}
-        return self._call_event(call, type_, order_id, order["seq"] + 1, dict(base, **data))
+        return self._call_event(call, type_, order_id, order["seq"] + 1, dict(base, **data), version=version)
 
     def _release(self, voucher, order_id, order):
         """Guard, increments and fields that release an order's hold: to the voucher while it is
@@ -446,14 +446,20 @@ class VouchersService(ServiceBase):
          summary="The agency records delivery with its evidence")
     def deliver_order(self, call):
         order_id, today = call.path["order_id"], self.clock.today().isoformat()
-        evidence = dict(call.body)
+        body = dict(call.body)
+        named = body.pop("documents", None) or {}
+        known = self.store.uploaded_documents(list(named.values()))
 
         def plan(voucher, order):
             state = domain.next_state("order", domain.ORDER_TRANSITIONS, order["state"], "deliver")
-            event = self._order_event(call, "order.delivered", voucher, order_id, order, deliver_by=order["deliver_by"],
-                                      delivered_on=today, on_time=today <= order["deliver_by"], evidence=evidence)
+            parties = {("enterprise", voucher["enterprise_id"]), ("agency", order["agency_id"])}
+            documents, evidence = domain.delivery_documents(named, known, order_id, parties, body)
+            event = self._order_event(call, "order.delivered", voucher, order_id, order, version=2,
+                                      deliver_by=order["deliver_by"], delivered_on=today,
+                                      on_time=today <= order["deliver_by"], evidence=evidence, documents=documents)
             return {}, {}, {f"orders.{order_id}.state": state, f"orders.{order_id}.delivered_on": today,
-                            f"orders.{order_id}.evidence": evidence, f"orders.{order_id}.seq": order["seq"] + 1}, [event]
+                            f"orders.{order_id}.evidence": evidence, f"orders.{order_id}.documents": documents,
+                            f"orders.{order_id}.seq": order["seq"] + 1}, [event]
         return order_view(self._order_step(call, order_id, plan), order_id)
 
     def _simple_order_step(self, call, action, type_, **data):
@@ -661,6 +667,14 @@ class VouchersService(ServiceBase):
             groups = [("blacklist", {"blacklist": None})]
         for group, fields_ in groups:
             self.store.apply_agency(data["agency_id"], group, seq, fields_)
+
+    @consume([("documents", "document.uploaded")])
+    def on_document(self, event):
+        """The documents uploaded for orders, so a delivery can name them without asking the
+        documents service (which may be down) while an agency waits."""
+        data = event["data"]
+        self.store.apply_document(data["document_id"], {k: data[k] for k in (
+            "order_id", "kind", "sha256", "size_bytes", "media_type", "uploader_role", "uploader_id")})
 
     # -- housekeeping --------------------------------------------------------------------------
     @timer(interval=10)

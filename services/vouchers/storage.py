@@ -20,7 +20,7 @@ from pymongo.errors import DuplicateKeyError
 from ipvkit.storage import MongoStore, Repo
 
 PROGRAMMES, REVISIONS, VOUCHERS, CAPS = "programmes", "programme_revisions", "vouchers", "annual_caps"
-QUALIFICATIONS, AGENCIES = "qualifications", "agencies"
+QUALIFICATIONS, AGENCIES, DOCUMENTS = "qualifications", "agencies", "documents"
 SUMMED = ("face_value_fen", "free_fen", "held_fen", "paid_fen", "returned_fen")
 
 
@@ -209,6 +209,16 @@ class VoucherRepo(Repo):
 
     def agency(self, agency_id):
         return self.db[AGENCIES].find_one({"_id": agency_id})
+
+    def apply_document(self, document_id, fields_):
+        """A document uploaded for an order; its facts never change, so a redelivery sets the same."""
+        self.db[DOCUMENTS].update_one({"_id": document_id}, {"$set": fields_}, upsert=True)
+
+    def uploaded_documents(self, document_ids):
+        """{document id: what document.uploaded said} for the ids this service has heard of."""
+        if not document_ids:
+            return {}
+        return {d["_id"]: d for d in self.db[DOCUMENTS].find({"_id": {"$in": document_ids}})}
 
     def purge_idempotency_keys(self, before):
         return self.idempotency().delete_many({"created_at": {"$lt": before}}).deleted_count

@@ -32,9 +32,10 @@ PY = sys.executable
 # The shared stack's settings must not leak into the private one (stack.sh would treat it as external).
 # Keycloak is the exception: the private stack's services trust the tests' own issuer, so the shared
 # Keycloak (KEYCLOAK_URL) stays someone else's server to stack.sh, not one it would import a realm into
-# with the private var dir's (absent) admin password.
+# with the private var dir's (absent) admin password. The private stack runs its own S3 gateway.
 SHARED_VARS = ("AMQP_URI", "MONGO_URI", "TEST_AMQP_URI", "IPV_LOCAL_STACK", "IPV_VAR", "IPV_AMQP_PORT",
-               "IPV_RABBIT_DIST_PORT", "IPV_MONGO_PORT", "IPV_RABBIT_NODE", "IPV_LOCAL_KEYCLOAK")
+               "IPV_RABBIT_DIST_PORT", "IPV_MONGO_PORT", "IPV_RABBIT_NODE", "IPV_LOCAL_KEYCLOAK", "IPV_LOCAL_S3",
+               "IPV_S3_PORT", "S3_ENDPOINT_URL", "S3_ACCESS_KEY", "S3_SECRET_KEY", "IPV_S3_DATA_DIR")
 
 
 def free_port():
@@ -60,11 +61,12 @@ class PrivateStack:
     def __init__(self):
         self.id = uuid.uuid4().hex[:8]
         self.var = ROOT / "var" / "faults" / self.id   # reachable by the rabbitmq user, unlike /tmp dirs
-        self.amqp_port, self.dist_port, self.mongo_port = free_port(), free_port(), free_port()
+        self.amqp_port, self.dist_port, self.mongo_port, self.s3_port = free_port(), free_port(), free_port(), free_port()
         self.node = f"ipvfault{self.id}@localhost"
         self.env = {k: v for k, v in os.environ.items() if k not in SHARED_VARS}
         self.env.update(IPV_VAR=str(self.var), IPV_AMQP_PORT=str(self.amqp_port),
                         IPV_RABBIT_DIST_PORT=str(self.dist_port), IPV_MONGO_PORT=str(self.mongo_port),
+                        IPV_S3_PORT=str(self.s3_port),
                         IPV_RABBIT_NODE=self.node, PATH=os.environ["PATH"] + ":/usr/sbin:/usr/lib/rabbitmq/bin")
         self.amqp_uri = f"amqp://guest:guest@127.0.0.1:{self.amqp_port}/"
         self.mongo_uri = f"mongodb://127.0.0.1:{self.mongo_port}/"
@@ -81,6 +83,11 @@ class PrivateStack:
                               capture_output=True, text=True, timeout=120)
         if done.returncode:
             raise RuntimeError(f"stack.sh {command} failed:\n{done.stdout}\n{done.stderr}")
+
+    def s3_settings(self):
+        """The private stack's own S3 gateway, for the documents service."""
+        access, secret = (self.var / "s3" / "credentials").read_text().split()
+        return {"S3_ENDPOINT_URL": f"http://127.0.0.1:{self.s3_port}", "S3_ACCESS_KEY": access, "S3_SECRET_KEY": secret}
 
     def restart_rabbit(self):
         """A clean stop and start of the node (`rabbitmqctl stop`), as an upgrade or a reschedule does."""
@@ -138,7 +145,7 @@ class ServiceProcess:
     def start(self, ready_within=30):
         upper = self.name.upper()
         env = dict(self.stack.env, AMQP_URI=self.stack.amqp_uri, MONGO_URI=self.stack.mongo_uri,
-                   **issuer().config, PYTHONWARNINGS="ignore",
+                   **issuer().config, PYTHONWARNINGS="ignore", **self.stack.s3_settings(),
                    **{f"{upper}_HTTP": f"127.0.0.1:{self.port}", f"{upper}_DB": self.db}, **self.extra_env)
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(

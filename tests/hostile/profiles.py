@@ -47,6 +47,8 @@ class Profile:
     owners: dict = field(default_factory=lambda: {r: {"path": f"{r}_id"} for r in ("enterprise", "agency")})
     bodies: dict = field(default_factory=dict)     # operation -> body(owner id or None) -> dict
     config: dict = field(default_factory=dict)     # config overrides for the test container
+    # what someone else's record answers: 403, or 404 where even its existence is not to be told
+    other_status: int = 403
 
 
 # -- enterprises -----------------------------------------------------------------------------------
@@ -143,6 +145,28 @@ def seed_vouchers(client):
                 path={"programme_id": pid, "voucher_id": vouchers[0], "order_id": orders[0]})
 
 
+# -- documents ---------------------------------------------------------------------------------------
+def seed_documents(client):
+    """Two orders (as the vouchers service's order.placed makes them known), each with a file its
+    agency uploaded: enterprise 1 and agency 1 are the first order's parties, 2 and 2 the second's."""
+    from tests.document_samples import pdf
+    enterprises, agencies, documents = [credit_code(), credit_code()], ["ag-1", "ag-2"], []
+    for n, (enterprise, agency) in enumerate(zip(enterprises, agencies)):
+        order_id = f"o_{'%020d' % n}_{'%08d' % n}"
+        _feed(client, "on_order_placed", _event("order.placed", "vouchers", order_id, {
+            "programme_id": "p_1", "voucher_id": "v_1", "enterprise_id": enterprise, "order_id": order_id,
+            "agency_id": agency, "service_code": "PAT-01", "price_fen": 1_000_000, "subsidy_fen": 500_000,
+            "copay_fen": 500_000, "redemption_model": "agency_redeems", "deliver_by": "2026-09-30"}))
+        uploaded = client("POST", "/api/v1/documents", "agency", agency, files={"file": ("合同.pdf", pdf())},
+                          data={"kind": "contract", "order_id": order_id})
+        assert uploaded.status_code == 201, uploaded.text
+        documents.append(uploaded.json()["document_id"])
+    records = {"document_id": tuple(documents)}
+    return Seed(own={"enterprise": enterprises[0], "agency": agencies[0]},
+                other={"enterprise": enterprises[1], "agency": agencies[1]},
+                records={"enterprise": records, "agency": records}, path={"document_id": documents[0]})
+
+
 def seed_audit(client):
     """A programme, a voucher and an order in the ledger (fed to its consumer), read models built from
     them, and a signed checkpoint: so proofs, reports and entries answer with real records."""
@@ -188,6 +212,8 @@ PROFILES = {
         bodies={"register": agency_body, "update_agency": lambda _: {"name": "闽江知识产权代理有限公司"}},
     ),
     "vouchers": Profile(seed=seed_vouchers),
+    # Someone else's file answers 404, as if it did not exist: ids are not to be probed.
+    "documents": Profile(seed=seed_documents, other_status=404),
     # Reconciliation asks the vouchers service, which these one-service tests do not run: its 503
     # should come fast.
     "audit": Profile(seed=seed_audit, config={"AUDIT_RPC_TIMEOUT_S": 0.5}),

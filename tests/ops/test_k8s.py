@@ -157,9 +157,26 @@ def test_probes_and_ingress_paths_match_the_code(docs, name):
 
 def test_ingress_routes_every_area_of_the_service_table_and_nothing_else(docs):
     expected = {f"/api/v1/{area}": name for name, (_, areas) in SERVICES.items() for area in areas}
-    ingress = of_kind(docs, "Ingress")["ipv-api"]  # the other, `keycloak`, carries the realm's pages
-    got = {p["path"]: p["backend"]["service"]["name"] for r in ingress["spec"]["rules"] for p in r["http"]["paths"]}
+    # `ipv-api` and `ipv-documents` (uploads, with their body limit); `keycloak` carries the realm's pages
+    got = {p["path"]: p["backend"]["service"]["name"] for name in ("ipv-api", "ipv-documents")
+           for r in of_kind(docs, "Ingress")[name]["spec"]["rules"] for p in r["http"]["paths"]}
     assert got == expected
+
+
+def test_uploads_get_the_documents_body_limit_at_the_ingress_and_no_other_route_does(docs):
+    ingresses = of_kind(docs, "Ingress")
+    limit = int(next(cm for name, cm in of_kind(docs, "ConfigMap").items()
+                     if name.startswith("ipv-config"))["data"]["DOCUMENT_MAX_BYTES"])
+    annotations = ingresses["ipv-documents"]["metadata"]["annotations"]
+    body_mb = int(annotations["nginx.ingress.kubernetes.io/proxy-body-size"].rstrip("m"))
+    assert limit < body_mb * 1024 * 1024 <= limit + 2 * 1024 * 1024  # the file plus its form, not much more
+    assert [p["path"] for r in ingresses["ipv-documents"]["spec"]["rules"] for p in r["http"]["paths"]] == [
+        "/api/v1/documents"]
+    # every other route keeps the 1 MB the controller (and the API's own 64 KiB) allow
+    assert ingresses["ipv-api"]["metadata"].get("annotations", {}).get(
+        "nginx.ingress.kubernetes.io/proxy-body-size", "1m") == "1m"
+    hosts = {name: [r.get("host") for r in ingress["spec"]["rules"]] for name, ingress in ingresses.items()}
+    assert hosts["ipv-documents"] == hosts["ipv-api"]  # the overlays give both the same public host
 
 
 def test_pods_are_hardened(docs):

@@ -1,0 +1,1 @@
+"""The documents service: files uploaded for orders (contracts, invoices, payment proofs, deliverables)."""
