@@ -4,6 +4,7 @@ worker or pod can serve the next request and nothing a script in the page could 
 
 A session unused for longer than the idle timeout is gone (the realm's SSO Session Idle, so the portal
 never keeps someone signed in whom Keycloak would have signed out)."""
+import json
 import secrets
 from datetime import datetime, timedelta, timezone
 
@@ -46,7 +47,8 @@ class SessionStore:
         return self.collection.find_one({"_id": sid})
 
     def save(self, sid, data, now):
-        self.collection.replace_one({"_id": sid}, {"_id": sid, "data": data, "last_seen": now}, upsert=True)
+        # As one JSON string: Flask's flashes are nested lists, which FerretDB does not store.
+        self.collection.replace_one({"_id": sid}, {"_id": sid, "data": json.dumps(data), "last_seen": now}, upsert=True)
 
     def touch(self, sid, now):
         self.collection.update_one({"_id": sid}, {"$set": {"last_seen": now}})
@@ -81,7 +83,7 @@ class ServerSideSessions(SessionInterface):
         if utcnow() - doc["last_seen"] > self.idle:
             self.store.delete(sid)
             return Session(timed_out=True)
-        return Session(doc["data"], sid=sid, last_seen=doc["last_seen"])
+        return Session(json.loads(doc["data"]), sid=sid, last_seen=doc["last_seen"])
 
     def save_session(self, app, session, response):
         secure = app.config["PREFERRED_URL_SCHEME"] == "https"
