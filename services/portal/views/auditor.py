@@ -8,6 +8,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from flask import Blueprint, abort, current_app, g, redirect, render_template, request, send_file, url_for
+from flask_babel import gettext as _
 from pymongo import MongoClient
 
 from services.portal.clients.audit import audit_api
@@ -34,7 +35,7 @@ def fund_use():
         abort(404)
     filters = {k: request.args[k] for k in FILTERS if request.args.get(k)}
     report = audit_api.get_fund_use(by, **filters)
-    chart = {"keys": [str(r["key"]) for r in report["rows"]],
+    chart = {"keys": [str(r["key"]) if r["key"] is not None else _("unknown") for r in report["rows"]],
              "series": [{"name": str(MEASURES[m]), "values": [r[f"{m}_fen"] / 100 for r in report["rows"]]}
                         for m in ("issued", "held", "paid", "returned")]}
     return render_template("auditor/fund_use.html", report=report, by=by, filters=filters, chart=chart,
