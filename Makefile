@@ -8,9 +8,10 @@ ENV := source var/env
 .PHONY: help install stack run demo token test test-unit stop status clean deadletters bench
 
 help:
-	@echo "make run     install what is missing, start RabbitMQ, FerretDB and every service, load demo data"
+	@echo "make run     install what is missing, start RabbitMQ, FerretDB, Keycloak and every service, load demo data"
 	@echo "make test    the same set-up, then the whole test suite"
-	@echo "make token ROLE=officer SUBJECT=o1   a bearer token for local calls"
+	@echo "make token ROLE=officer SUBJECT=o1   a bearer token from the realm for local calls (SUBJECT: the"
+	@echo "             organisation for enterprise/agency, the username for staff; none: the demo user)"
 	@echo "make status | make stop | make clean"
 
 install:
@@ -24,9 +25,9 @@ run: stack
 	@$(ENV) && $(PY) -m scripts.demo "http://127.0.0.1:$(PORT)"
 
 token:
-	@test -n "$(ROLE)" -a -n "$(SUBJECT)" || { echo "usage: make token ROLE=<enterprise|agency|officer|auditor|ops> SUBJECT=<id>" >&2; exit 2; }
-	@test -f var/env || { echo "run 'make run' (or 'make stack') first: it creates the signing secret" >&2; exit 2; }
-	@$(ENV) && $(PY) -W ignore -m ipvkit.auth "$(ROLE)" "$(SUBJECT)"
+	@test -n "$(ROLE)" || { echo "usage: make token ROLE=<enterprise|agency|officer|auditor|ops> [SUBJECT=<id>]" >&2; exit 2; }
+	@test -f var/env || { echo "run 'make run' (or 'make stack') first: it starts Keycloak" >&2; exit 2; }
+	@$(ENV) && $(PY) -W ignore scripts/keycloak.py token "$(ROLE)" $(SUBJECT)
 
 test: stack
 	@$(ENV) && PYTHONWARNINGS=ignore::DeprecationWarning $(PY) -m pytest $(PYTEST_ARGS)

@@ -125,21 +125,20 @@ class Client:
     """One client: a keep-alive session, its own pools, requests routed by path prefix (spread over
     a service's instances, as the ingress would)."""
 
-    def __init__(self, client_id, routes, secret):
-        from ipvkit.auth import issue_token
+    def __init__(self, client_id, routes, signer):
         self.client_id, self.routes, self.session = client_id, routes, requests.Session()
-        self._tokens, self._issue, self._secret = {}, issue_token, secret
+        self._tokens, self._signer = {}, signer
 
     def call(self, method, path, role, subject, **kwargs):
         token = self._tokens.get((role, subject))
         if token is None:
-            token = self._tokens[(role, subject)] = self._issue(self._secret, role, subject)
+            token = self._tokens[(role, subject)] = self._signer.token(role, subject)
         base = random.choice(self.routes["/".join(path.split("/")[:4])])
         return self.session.request(method, base + path, headers={"Authorization": f"Bearer {token}"},
                                     timeout=30, **kwargs)
 
 
-def drive(process_no, clients, seconds, routes, secret, shared):
+def drive(process_no, clients, seconds, routes, signer, shared):
     """One load process: `clients` threads running the operation table until the window ends. Its
     number keeps the ids its clients generate apart from the other processes'."""
     from bench import workload
@@ -148,7 +147,7 @@ def drive(process_no, clients, seconds, routes, secret, shared):
     end = time.monotonic() + seconds
 
     def one(n):
-        ctx = Client(process_no * 100 + n, routes, secret)
+        ctx = Client(process_no * 100 + n, routes, signer)
         ctx.shared = shared
         pools = defaultdict(list)
         table = workload.operations(shared)
@@ -313,7 +312,12 @@ def main(argv=None):
     from bench import workload
     from ipvkit.deadletters import services
     OUT.mkdir(parents=True, exist_ok=True)
-    secret = os.environ.get("AUTH_SECRET") or sys.exit("AUTH_SECRET is not set: run it with `make bench`")
+    # The services trust an issuer of the benchmark's own (by its public keys, as they trust the realm),
+    # so the clients mint tokens for any number of people without Keycloak in the measurement.
+    from tests.issuer import LocalIssuer
+    issuer = LocalIssuer().start()
+    os.environ.update(issuer.config)
+    signer = issuer.signer()
     stack = None
     if args.private_stack:
         from tests.faults.harness import PrivateStack
@@ -328,7 +332,7 @@ def main(argv=None):
         launched, routes, databases = start_services(names, instances, amqp_uri, mongo)
         print(f"services: {', '.join(f'{n} x{instances.get(n, 1)}' for n in names)}; broker vhost {VHOST}; "
               f"load: {args.processes} processes x {args.clients} clients for {args.seconds:.0f} s", flush=True)
-        shared = workload.setup(Client(0, routes, secret), names)
+        shared = workload.setup(Client(0, routes, signer), names)
         time.sleep(2)   # what set-up registered reaches the other services' read models as events
         profilers = []
         if args.profile:
@@ -336,7 +340,7 @@ def main(argv=None):
                                            "--duration", str(int(args.seconds)), "--output",
                                            str(OUT / f"profile-{p.name}.svg")], stdout=subprocess.DEVNULL,
                                           stderr=subprocess.DEVNULL) for p in launched]
-        results = fan_out(drive, args.processes, args.clients, args.seconds, routes, secret, shared)
+        results = fan_out(drive, args.processes, args.clients, args.seconds, routes, signer, shared)
         window = args.seconds   # each process measures its own window of this length
         for prof in profilers:
             prof.wait()
@@ -371,7 +375,7 @@ def main(argv=None):
         deadline = time.monotonic() + 60
         while (pending := workload.pending_outbox(databases)) and time.monotonic() < deadline:
             time.sleep(0.5)
-        checker = Client(0, routes, secret)
+        checker = Client(0, routes, signer)
         checker.shared = shared
         problems = workload.check(checker, made, databases)
         if pending:
@@ -409,6 +413,7 @@ def main(argv=None):
     finally:
         for p in launched + ([echo] if echo else []):
             p.stop()
+        issuer.stop()
         if stack:
             stack.stop()
 

@@ -1,14 +1,23 @@
-"""Signed bearer tokens carrying a role and a subject (the id of the enterprise, agency or person)."""
+"""Bearer tokens issued by the identity provider (Keycloak realm `ipv`), verified by its public keys.
+
+A service holds no signing secret: it reads the realm's JSON Web Key Set (JWKS) from the issuer's
+`/protocol/openid-connect/certs`, keeps it cached, and fetches it again when a token names a key it does
+not know (a rotated key), at most once per `OIDC_JWKS_REFETCH_SECONDS` so forged key ids cannot make
+it hammer the issuer. Configuration: OIDC_ISSUER, OIDC_AUDIENCE, and OIDC_JWKS_URL where the services
+reach the issuer by another address than its public one (Kubernetes)."""
+import threading
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
 
 import jwt
+from jwt import PyJWKClient, PyJWKClientConnectionError, PyJWKClientError
 
-from ipvkit.errors import Forbidden, Unauthorized
+from ipvkit.errors import Forbidden, Unauthorized, Unavailable
 
 ROLES = ("enterprise", "agency", "officer", "auditor", "ops")
-ALGORITHM = "HS256"
-ISSUER = "ipv-vouchers"
+ORG_ROLES = ("enterprise", "agency")
+# Asymmetric only: an HMAC algorithm would make the public key a signing secret, and `none` signs nothing.
+ALGORITHMS = ("RS256", "ES256", "EdDSA")
+LEEWAY_SECONDS = 30  # clock skew between the issuer and us
 
 
 @dataclass(frozen=True)
@@ -23,55 +32,98 @@ class Principal:
 SYSTEM = Principal("system", "system")
 
 
-def issue_token(secret, role, subject, ttl=timedelta(hours=12), now=None):
-    if role not in ROLES:
-        raise ValueError(f"unknown role {role!r}; one of {', '.join(ROLES)}")
-    if not subject:
-        raise ValueError("a subject is required")
-    now = now or datetime.now(timezone.utc)
-    claims = {"iss": ISSUER, "sub": str(subject), "role": role, "iat": now, "exp": now + ttl}
-    return jwt.encode(claims, secret, algorithm=ALGORITHM)
+class TokenVerifier:
+    """Checks a realm access token (signature by JWKS, iss, aud, exp, nbf, typ) and maps it to a Principal:
+    the one platform role in `realm_access.roles`; id = the `org` claim for enterprise and agency (the
+    organisation the person acts for), the username for staff."""
+
+    def __init__(self, issuer, audience, jwks_url=None, refetch_seconds=10, timeout=5):
+        if not issuer or not audience:
+            raise ValueError("an issuer and an audience are required")
+        self.issuer = issuer.rstrip("/")
+        self.audience = audience
+        self.jwks = PyJWKClient(jwks_url or f"{self.issuer}/protocol/openid-connect/certs", lifespan=300,
+                                timeout=timeout, cooldown_duration=refetch_seconds)
+
+    def claims(self, token):
+        try:
+            header = jwt.get_unverified_header(token)
+        except jwt.PyJWTError as exc:
+            raise Unauthorized(f"invalid token: {exc}")
+        alg, kid = header.get("alg"), header.get("kid")
+        if alg not in ALGORITHMS:
+            raise Unauthorized(f"token algorithm {alg!r} is not accepted (one of {', '.join(ALGORITHMS)})")
+        if not isinstance(kid, str) or not kid:
+            raise Unauthorized("token names no signing key (kid)")
+        try:
+            key = self.jwks.get_signing_key(kid)
+        except PyJWKClientConnectionError:
+            raise Unavailable("the identity provider's signing keys cannot be fetched; retry")
+        except PyJWKClientError:
+            raise Unauthorized("token is signed by a key the identity provider does not publish")
+        try:
+            claims = jwt.decode(token, key, algorithms=list(ALGORITHMS), audience=self.audience,
+                                issuer=self.issuer, leeway=LEEWAY_SECONDS,
+                                options={"require": ["exp", "iat", "iss", "aud"]})
+        except jwt.ExpiredSignatureError:
+            raise Unauthorized("token expired")
+        except jwt.PyJWTError as exc:
+            raise Unauthorized(f"invalid token: {exc}")
+        if claims.get("typ") != "Bearer":
+            raise Unauthorized("not an access token")
+        return claims
+
+    def principal(self, token):
+        claims = self.claims(token)
+        granted = (claims.get("realm_access") or {}).get("roles")
+        held = [role for role in ROLES if isinstance(granted, list) and role in granted]
+        if not held:
+            raise Forbidden("this account holds no role on the platform yet")
+        if len(held) > 1:
+            raise Forbidden(f"this account holds several roles ({', '.join(held)}); each person acts in one")
+        role = held[0]
+        if role in ORG_ROLES:
+            subject = claims.get("org")
+            if not isinstance(subject, str) or not subject:
+                raise Forbidden(f"this {role} account is not bound to an organisation yet")
+        else:
+            subject = claims.get("preferred_username") or claims.get("sub")
+            if not isinstance(subject, str) or not subject:
+                raise Unauthorized("token names no user")
+        return Principal(role, subject)
 
 
-def principal_from_header(secret, header):
+_verifiers = {}
+_verifiers_lock = threading.Lock()
+
+
+def verifier_for(config):
+    """One verifier (and so one JWKS cache) per issuer in a process, whatever number of routes ask."""
+    issuer, audience = config.get("OIDC_ISSUER"), config.get("OIDC_AUDIENCE")
+    if not issuer or not audience:
+        raise RuntimeError("configuration OIDC_ISSUER and OIDC_AUDIENCE must be set (see the service's config.yaml)")
+    jwks_url = config.get("OIDC_JWKS_URL") or None
+    refetch = float(config.get("OIDC_JWKS_REFETCH_SECONDS") or 10)
+    key = (issuer, audience, jwks_url, refetch)
+    with _verifiers_lock:
+        if key not in _verifiers:
+            _verifiers[key] = TokenVerifier(issuer, audience, jwks_url, refetch_seconds=refetch)
+        return _verifiers[key]
+
+
+def principal_from_header(verifier, header):
+    """The Principal of an `Authorization: Bearer <token>` header; `verifier` is a TokenVerifier or a
+    service config holding OIDC_ISSUER and OIDC_AUDIENCE."""
+    if not isinstance(verifier, TokenVerifier):
+        verifier = verifier_for(verifier)
     if not header:
         raise Unauthorized("missing bearer token (Authorization: Bearer <token>)")
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         raise Unauthorized("the Authorization header must be 'Bearer <token>'")
-    try:
-        claims = jwt.decode(token.strip(), secret, algorithms=[ALGORITHM], issuer=ISSUER,
-                            options={"require": ["exp", "sub", "iss"]})
-    except jwt.ExpiredSignatureError:
-        raise Unauthorized("token expired")
-    except jwt.PyJWTError as exc:
-        raise Unauthorized(f"invalid token: {exc}")
-    role = claims.get("role")
-    if role not in ROLES:
-        raise Unauthorized("token has no known role")
-    return Principal(role, claims["sub"])
+    return verifier.principal(token.strip())
 
 
 def require_role(principal, *roles):
     if principal.role not in roles:
         raise Forbidden(f"role {principal.role!r} may not do this; needs one of: {', '.join(roles)}")
-
-
-def main(argv=None):
-    """`python -m ipvkit.auth ROLE SUBJECT`: prints a token signed with $AUTH_SECRET."""
-    import os
-    import sys
-    args = sys.argv[1:] if argv is None else argv
-    if len(args) != 2:
-        sys.exit(f"usage: python -m ipvkit.auth ROLE SUBJECT   (roles: {', '.join(ROLES)})")
-    secret = os.environ.get("AUTH_SECRET")
-    if not secret:
-        sys.exit("AUTH_SECRET is not set (make token sets it from var/auth_secret)")
-    try:
-        print(issue_token(secret, args[0], args[1]))
-    except ValueError as exc:
-        sys.exit(str(exc))
-
-
-if __name__ == "__main__":
-    main()

@@ -52,6 +52,11 @@ class PayloadTooLarge(ApiError):
     status, code = 413, "payload_too_large"
 
 
+class Unavailable(ApiError):
+    """Something the request needs (the database, the identity provider) cannot be reached; retry."""
+    status, code = 503, "unavailable"
+
+
 class IllegalTransition(Conflict):
     code = "illegal_transition"
 

@@ -26,9 +26,8 @@ from werkzeug.exceptions import HTTPException
 from werkzeug.wrappers import Request, Response
 
 from ipvkit import logs, metrics
-from ipvkit.auth import principal_from_header, require_role
+from ipvkit.auth import principal_from_header, require_role, verifier_for
 from ipvkit.clock import SystemClock
-from ipvkit.config import required
 from ipvkit.errors import ApiError, BadRequest, Conflict, PayloadTooLarge, RuleRefused
 from ipvkit.events import new_event
 from ipvkit.storage import IDEMPOTENCY, MongoStore
@@ -141,7 +140,7 @@ class ApiHandler(HttpRequestHandler):
 
     def setup(self):
         super().setup()
-        self.secret = required(self.container.config, "AUTH_SECRET")
+        self.verifier = verifier_for(self.container.config)
         self.clock = SystemClock()
         self.store = find_store(self.container)
 
@@ -178,7 +177,7 @@ class ApiHandler(HttpRequestHandler):
     def _handle(self, request, correlation_id):
         principal = None
         if self.roles != PUBLIC:
-            principal = principal_from_header(self.secret, request.headers.get("Authorization"))
+            principal = principal_from_header(self.verifier, request.headers.get("Authorization"))
             require_role(principal, *self.roles)
         call = Call(principal=principal, path=dict(request.path_values), correlation_id=correlation_id)
         _refuse_huge_integers(call.path, "path")

@@ -59,7 +59,7 @@ class LogContext(DependencyProvider):
 
 
 def secret_values(environ=None):
-    """The values of secret-looking environment variables (AUTH_SECRET, ...), longest first."""
+    """The values of secret-looking environment variables (a client secret, a password, ...), longest first."""
     environ = os.environ if environ is None else environ
     values = {v for k, v in environ.items() if _SECRET_ENV.search(k.upper()) and len(v) >= 8}
     return sorted(values, key=len, reverse=True)

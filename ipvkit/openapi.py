@@ -11,7 +11,7 @@ from ipvkit.http import PUBLIC, WRITE_METHODS, ApiHandler
 ERRORS = {400: "Invalid input; `fields` names each bad field", 401: "Missing or invalid bearer token",
           403: "Wrong role, or not your record", 404: "Not found", 409: "Conflict with the current state",
           413: "Body too large", 422: "A rule refused the request; `rule` names it",
-          503: "The database is unavailable; retry after `Retry-After` seconds"}
+          503: "The database or the identity provider is unavailable; retry"}
 
 
 class ErrorSchema(Schema):

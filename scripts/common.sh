@@ -18,6 +18,25 @@ RABBIT_DIST_PORT=${IPV_RABBIT_DIST_PORT:-25673}
 MONGO_PORT=${IPV_MONGO_PORT:-27018}
 RABBIT_NODE=${IPV_RABBIT_NODE:-ipv@localhost}
 
+# Keycloak (the identity provider): the Maven Central distribution, unpacked once into $CACHE; it needs
+# Java 21 or newer.
+KEYCLOAK_VERSION=26.5.6
+KEYCLOAK_HOME=$CACHE/keycloak-$KEYCLOAK_VERSION
+KEYCLOAK_PORT=${IPV_KEYCLOAK_PORT:-8180}
+KEYCLOAK_MGMT_PORT=${IPV_KEYCLOAK_MGMT_PORT:-9180}
+
+# java_home: prints a JDK home of Java >= 21 ($JAVA_HOME first, then /usr/lib/jvm/*), or fails.
+java_home() {
+  local candidate version
+  for candidate in ${JAVA_HOME:-} /usr/lib/jvm/*; do
+    [ -x "$candidate/bin/java" ] || continue
+    version=$("$candidate/bin/java" -XshowSettings:properties -version 2>&1 \
+              | sed -n 's/^ *java.specification.version = \([0-9]*\).*/\1/p')
+    if [ -n "$version" ] && [ "$version" -ge 21 ]; then echo "$candidate"; return 0; fi
+  done
+  return 1
+}
+
 say() { printf '\033[1m==>\033[0m %s\n' "$*" >&2; }
 die() { printf '\033[31mERROR:\033[0m %s\n' "$*" >&2; exit 1; }
 

@@ -4,13 +4,12 @@ where to look. Every write carries a fixed Idempotency-Key, so running it again 
 The story: two qualified enterprises, two agencies (one rated A+ by a bonus, one C, below the line),
 an open 玉环-style programme, a voucher, and one order taken all the way to payment, one left open."""
 import json
-import os
 import sys
 import time
 import urllib.error
 import urllib.request
 
-from ipvkit.auth import issue_token
+from scripts.keycloak import Keycloak, Tokens, print_users
 
 ENTERPRISES = [
     {"credit_code": "91350100M000100Y43", "name": "福州闽光精密制造有限公司", "region": "350102", "industry": "C34", "size": "small"},
@@ -57,12 +56,14 @@ EVIDENCE = {"contract_ref": "HT-2026-DEMO-1", "invoice_no": "33000261-0001", "pa
 
 class Api:
     def __init__(self, base):
-        self.base, self.secret = base, os.environ["AUTH_SECRET"]
+        # Each call signed in as the demo user of its role, through the realm (tokens kept in var/keycloak).
+        keycloak = Keycloak()
+        self.base, self.tokens = base, Tokens(keycloak, cache_file=keycloak.dir / "tokens.json")
 
     def __call__(self, role, subject, method, path, body=None, key=None, ok=(200, 201), retry_rules=()):
         """One call; `key` makes it idempotent. A 422 whose rule is in `retry_rules` is retried for a while:
         the service has not yet read the event that would allow it (read models are fed asynchronously)."""
-        headers = {"Authorization": f"Bearer {issue_token(self.secret, role, subject)}",
+        headers = {"Authorization": f"Bearer {self.tokens(role, subject)}",
                    "Content-Type": "application/json"}
         if key:
             headers["Idempotency-Key"] = f"demo-{key}"
@@ -128,13 +129,14 @@ order {oid} paid to agency {GOOD_AGENCY}, order {open_order['order_id']} open.
   Metrics:    http://127.0.0.1:8101/metrics .. :8104/metrics   (enterprises, providers, vouchers, audit)
   Logs:       var/run/*.log
 
-Try:
+Try (make token signs in to Keycloak as a user of that role, with the TOTP code for staff):
   T=$(make -s token ROLE=officer SUBJECT=o1)
   curl -H "Authorization: Bearer $T" {base}/api/v1/programmes/{pid}/balances
   curl -H "Authorization: Bearer $T" "{base}/api/v1/recommendations?service_code=PAT-01&region=331021"
   curl -H "Authorization: Bearer $(make -s token ROLE=auditor SUBJECT=a1)" {base}/api/v1/audit/verify
 Stop everything with: make stop
 """)
+    print_users()
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 # Installs what the project needs and is missing; safe to run any number of times.
 #   Debian packages: rabbitmq-server, nginx-light (local ingress), prometheus (with promtool; ops tests)
 #   FerretDB v1.24.2 built from the Go module proxy
+#   Keycloak (identity provider) from Maven Central, on a Java >= 21 found on the machine (or from apt)
 #   Python virtualenv in .venv with the pinned dependencies of pyproject.toml
 source "$(dirname "$0")/common.sh"
 
@@ -24,6 +25,8 @@ fi
 # without a CJK font every Chinese character renders as a box in the screenshots.
 command -v chromium >/dev/null || need_pkgs+=(chromium)
 dpkg -s fonts-noto-cjk >/dev/null 2>&1 || need_pkgs+=(fonts-noto-cjk)
+# unzip unpacks Keycloak's distribution.
+[ -n "${KEYCLOAK_URL:-}" ] || command -v unzip >/dev/null || need_pkgs+=(unzip)
 if [ ${#need_pkgs[@]} -gt 0 ]; then
   say "installing Debian packages: ${need_pkgs[*]}"
   command -v apt-get >/dev/null || die "apt-get not found; install ${need_pkgs[*]} with your package manager"
@@ -50,6 +53,42 @@ if [ -z "${MONGO_URI:-}" ] && [ ! -x "$FERRETDB_BIN" ]; then
   (cd "$build" && go build -o "$FERRETDB_BIN.tmp" ./cmd/ferretdb) || die "building FerretDB failed"
   mv "$FERRETDB_BIN.tmp" "$FERRETDB_BIN"
   rm -rf "$build"
+fi
+
+# Keycloak: the quarkus distribution zip from Maven Central, checked against its published SHA-1 (the
+# checksum Central serves for every artifact), unpacked into $CACHE and pre-built once (`kc.sh build`
+# fixes the build-time options, so each start skips the augmentation step).
+if [ -z "${KEYCLOAK_URL:-}" ]; then
+  if ! java_home >/dev/null; then
+    jdk=""
+    for p in openjdk-25-jre-headless openjdk-21-jre-headless; do
+      if apt-cache show "$p" >/dev/null 2>&1; then jdk=$p; break; fi
+    done
+    [ -n "$jdk" ] || die "Keycloak $KEYCLOAK_VERSION needs Java 21 or newer: none under \$JAVA_HOME or /usr/lib/jvm, and apt offers no openjdk-21/25 (install e.g. Temurin 21 and set JAVA_HOME)"
+    say "installing $jdk (Keycloak needs Java >= 21)"
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$jdk" \
+      >"$APT_LOG" 2>&1 || { tail -20 "$APT_LOG" >&2; die "apt-get install $jdk failed (log: $APT_LOG)"; }
+  fi
+  if [ ! -f "$KEYCLOAK_HOME/.built" ]; then
+    url=https://repo1.maven.org/maven2/org/keycloak/keycloak-quarkus-dist/$KEYCLOAK_VERSION/keycloak-quarkus-dist-$KEYCLOAK_VERSION.zip
+    zip=$CACHE/keycloak-$KEYCLOAK_VERSION.zip
+    if [ ! -f "$zip" ]; then
+      say "downloading Keycloak $KEYCLOAK_VERSION from Maven Central (165 MB, once)"
+      curl -fsSL --retry 3 -o "$zip.part" "$url" || die "could not download $url"
+      sha1=$(curl -fsSL --retry 3 "$url.sha1") || die "could not download $url.sha1"
+      [ "$(sha1sum "$zip.part" | cut -d' ' -f1)" = "${sha1%% *}" ] || { rm -f "$zip.part"; die "checksum mismatch for $url"; }
+      mv "$zip.part" "$zip"
+    fi
+    say "unpacking and building Keycloak $KEYCLOAK_VERSION into $KEYCLOAK_HOME"
+    rm -rf "$KEYCLOAK_HOME" "$KEYCLOAK_HOME.tmp" && mkdir -p "$KEYCLOAK_HOME.tmp"
+    (cd "$KEYCLOAK_HOME.tmp" && unzip -q "$zip") || die "could not unpack $zip"
+    mv "$KEYCLOAK_HOME.tmp/keycloak-$KEYCLOAK_VERSION" "$KEYCLOAK_HOME" && rm -rf "$KEYCLOAK_HOME.tmp"
+    # Build-time options must match those stack.sh starts with (dev-file database, health on).
+    JAVA_HOME=$(java_home) "$KEYCLOAK_HOME/bin/kc.sh" build --db=dev-file --health-enabled=true \
+      >"$CACHE/keycloak-build.log" 2>&1 \
+      || { tail -20 "$CACHE/keycloak-build.log" >&2; die "kc.sh build failed (log: $CACHE/keycloak-build.log)"; }
+    rm -f "$zip" && touch "$KEYCLOAK_HOME/.built"
+  fi
 fi
 
 PY=${PYTHON:-}

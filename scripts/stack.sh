@@ -1,13 +1,16 @@
 #!/usr/bin/env bash
-# Starts, stops or reports RabbitMQ and FerretDB for local use, both on loopback, data under var/.
+# Starts, stops or reports RabbitMQ, FerretDB and Keycloak for local use, all on loopback, data under var/.
 #   scripts/stack.sh start|stop|status
-# With AMQP_URI / MONGO_URI set, that server is someone else's: nothing is started, it is only checked.
+# With AMQP_URI / MONGO_URI / KEYCLOAK_URL set, that server is someone else's: nothing is started, it is
+# only checked.
 source "$(dirname "$0")/common.sh"
 # var/env (sourced by make) exports the URIs of the local servers: those are ours, not external.
 if [ -n "${IPV_LOCAL_STACK:-}" ]; then unset AMQP_URI MONGO_URI; fi
+if [ -n "${IPV_LOCAL_KEYCLOAK:-}" ]; then unset KEYCLOAK_URL; fi
 
 RABBIT_DIR=$VAR/rabbitmq
 FERRET_DIR=$VAR/ferretdb
+KC_DIR=$VAR/keycloak
 PY=$VENV/bin/python
 TEST_VHOST=${IPV_TEST_VHOST:-ipv_test}
 
@@ -108,28 +111,88 @@ stop_ferret() {
   rm -f "$pidf"
 }
 
+# -- Keycloak ----------------------------------------------------------------------------------------
+keycloak_url() { echo "${KEYCLOAK_URL:-http://127.0.0.1:$KEYCLOAK_PORT}"; }
+keycloak_ready() { curl -fs -o /dev/null "http://127.0.0.1:$KEYCLOAK_MGMT_PORT/health/ready"; }
+realm_answers() { curl -fsS -o /dev/null "$1/realms/ipv/.well-known/openid-configuration"; }
+
+start_keycloak() {
+  if [ -n "${KEYCLOAK_URL:-}" ]; then
+    realm_answers "$KEYCLOAK_URL" || die "KEYCLOAK_URL=$KEYCLOAK_URL has no realm 'ipv' (import deploy/keycloak/ipv-realm.json there)"
+    say "using Keycloak at KEYCLOAK_URL"; return
+  fi
+  local pidf=$KC_DIR/keycloak.pid
+  if keycloak_ready; then say "Keycloak already running on 127.0.0.1:$KEYCLOAK_PORT"
+  elif [ -f "$pidf" ] && kill -0 "$(cat "$pidf")" 2>/dev/null; then
+    # Ours, still starting (or on other ports than asked): a second one would find its database locked.
+    wait_for "Keycloak" 240 keycloak_ready "" "$(cat "$pidf")" \
+      || die "Keycloak (pid $(cat "$pidf"), log $KC_DIR/keycloak.log) runs but is not ready on 127.0.0.1:$KEYCLOAK_MGMT_PORT; 'make stop' it first if it was started with other ports"
+  else
+    [ -f "$KEYCLOAK_HOME/.built" ] || die "Keycloak missing: run scripts/install.sh"
+    local java; java=$(java_home) || die "Keycloak needs Java >= 21: run scripts/install.sh"
+    mkdir -p "$KC_DIR/data"
+    # The master realm's administrator, local only: scripts/keycloak.py imports the realm and makes users
+    # with it. Created by Keycloak on its first start from these variables, ignored afterwards.
+    [ -s "$KC_DIR/admin-password" ] || (umask 077; "$PY" -c 'import secrets; print(secrets.token_urlsafe(24))' >"$KC_DIR/admin-password")
+    say "starting Keycloak $KEYCLOAK_VERSION on 127.0.0.1:$KEYCLOAK_PORT (log: $KC_DIR/keycloak.log)"
+    # The embedded H2 database lives under var/ (the distribution in $CACHE is shared and read-only);
+    # a small heap: Keycloak's default takes half the machine's memory.
+    (export JAVA_HOME=$java KC_BOOTSTRAP_ADMIN_USERNAME=admin KC_BOOTSTRAP_ADMIN_PASSWORD="$(cat "$KC_DIR/admin-password")" \
+        JAVA_OPTS_KC_HEAP="-Xms128m -Xmx768m" &&
+      exec setsid nohup "$KEYCLOAK_HOME/bin/kc.sh" start --optimized \
+        --http-enabled=true --http-host=127.0.0.1 --http-port="$KEYCLOAK_PORT" \
+        --http-management-port="$KEYCLOAK_MGMT_PORT" --hostname="http://127.0.0.1:$KEYCLOAK_PORT" \
+        --db-url="jdbc:h2:file:$KC_DIR/data/keycloakdb;NON_KEYWORDS=VALUE" \
+        >"$KC_DIR/keycloak.log" 2>&1 </dev/null) &
+    echo $! >"$pidf"
+    wait_for "Keycloak" 240 keycloak_ready "" "$(cat "$pidf")" || {
+      tail -30 "$KC_DIR/keycloak.log" >&2
+      die "Keycloak was not ready on 127.0.0.1:$KEYCLOAK_MGMT_PORT within 240 s; see $KC_DIR/keycloak.log. A port in use? try IPV_KEYCLOAK_PORT=... IPV_KEYCLOAK_MGMT_PORT=..."; }
+  fi
+  # The realm as kept in deploy/keycloak/ (again when the file changed), the local client and demo users.
+  KEYCLOAK_URL=$(keycloak_url) IPV_KEYCLOAK_DIR=$KC_DIR "$PY" -W ignore "$ROOT/scripts/keycloak.py" import \
+    || die "importing the realm into Keycloak failed"
+}
+
+stop_keycloak() {
+  [ -z "${KEYCLOAK_URL:-}" ] || return 0
+  local pidf=$KC_DIR/keycloak.pid
+  if [ -f "$pidf" ] && kill "$(cat "$pidf")" 2>/dev/null; then
+    # kc.sh passes TERM on to its JVM; both are in the process group setsid gave it.
+    for _ in $(seq 300); do kill -0 "$(cat "$pidf")" 2>/dev/null || break; sleep 0.1; done
+    if kill -0 "$(cat "$pidf")" 2>/dev/null; then kill -KILL -- "-$(cat "$pidf")" 2>/dev/null; say "Keycloak did not stop in 30 s: killed"
+    else say "Keycloak stopped"; fi
+  fi
+  rm -f "$pidf"
+}
+
 status() {
   rabbit_env
   if amqp_answers "$(amqp_uri)"; then echo "rabbitmq: up   $(amqp_uri)"; else echo "rabbitmq: DOWN $(amqp_uri)"; fi
   if mongo_answers "$(mongo_uri)"; then echo "ferretdb: up   $(mongo_uri)"; else echo "ferretdb: DOWN $(mongo_uri)"; fi
+  if realm_answers "$(keycloak_url)"; then echo "keycloak: up   $(keycloak_url)/realms/ipv"; else echo "keycloak: DOWN $(keycloak_url)"; fi
 }
 
 write_env() {
   # The environment every service and test reads; sourced by the Makefile and scripts/services.sh.
   mkdir -p "$VAR"
-  [ -s "$VAR/auth_secret" ] || (umask 077; "$PY" -c 'import secrets; print(secrets.token_urlsafe(48))' >"$VAR/auth_secret")
+  rm -f "$VAR/auth_secret"  # tokens are signed by Keycloak now; no service holds a signing secret
   cat >"$VAR/env" <<ENV
 $( [ -z "${AMQP_URI:-}${MONGO_URI:-}" ] && echo "export IPV_LOCAL_STACK=1" )
+$( [ -z "${KEYCLOAK_URL:-}" ] && echo "export IPV_LOCAL_KEYCLOAK=1" )
 export AMQP_URI='$(amqp_uri)'
 export MONGO_URI='$(mongo_uri)'
 export TEST_AMQP_URI="${TEST_AMQP_URI:-$( [ -n "${AMQP_URI:-}" ] && echo "$AMQP_URI" || echo "amqp://guest:guest@127.0.0.1:$AMQP_PORT/\${IPV_TEST_VHOST:-ipv_test}")}"
-export AUTH_SECRET="\${AUTH_SECRET:-\$(cat '$VAR/auth_secret')}"
+export KEYCLOAK_URL='$(keycloak_url)'
+export OIDC_ISSUER='$(keycloak_url)/realms/ipv'
+export OIDC_AUDIENCE=ipv-api
+export IPV_KEYCLOAK_DIR='$KC_DIR'
 ENV
 }
 
 case "${1:-}" in
-  start) start_rabbit; start_ferret; write_env ;;
-  stop) stop_rabbit; stop_ferret ;;
+  start) start_rabbit; start_ferret; start_keycloak; write_env ;;
+  stop) stop_rabbit; stop_ferret; stop_keycloak ;;
   status) status ;;
   *) echo "usage: $0 start|stop|status" >&2; exit 2 ;;
 esac

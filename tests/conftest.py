@@ -16,10 +16,8 @@ from pymongo import MongoClient  # noqa: E402
 
 from ipvkit import contracts  # noqa: E402,F401
 from ipvkit.amqp import events_exchange  # noqa: E402
-from ipvkit.auth import issue_token  # noqa: E402
 from ipvkit.events import parse  # noqa: E402
-
-SECRET = os.environ.get("AUTH_SECRET") or "test-secret-" + uuid.uuid4().hex
+from tests.issuer import LocalIssuer  # noqa: E402
 
 
 def free_port():
@@ -70,21 +68,43 @@ def empty_consumer_queues(request):
                     channel.close()
 
 
+@pytest.fixture(scope="session")
+def issuer():
+    """The tests' own token issuer (tests/issuer.py): services under test trust its public keys."""
+    local = LocalIssuer().start()
+    yield local
+    local.stop()
+
+
+@pytest.fixture(scope="session")
+def realm():
+    """The Keycloak realm `ipv` that `make test` started: real users' tokens (tests/realm.py)."""
+    from tests.realm import Realm
+    if not os.environ.get("KEYCLOAK_URL"):
+        pytest.fail("KEYCLOAK_URL is not set: run the suite with `make test`")
+    return Realm()
+
+
 @pytest.fixture
-def service_config(amqp_uri, mongo_uri):
-    """A fresh database per test, a free HTTP port, the test vhost."""
+def trusted_issuer(issuer):
+    """The issuer's settings services under test are given; tests/hostile puts the realm here."""
+    return issuer.config
+
+
+@pytest.fixture
+def service_config(amqp_uri, mongo_uri, trusted_issuer):
+    """A fresh database per test, a free HTTP port, the test vhost, the issuer whose tokens count."""
     db = f"test_{uuid.uuid4().hex[:12]}"
-    config = {"AMQP_URI": amqp_uri, "MONGO_URI": mongo_uri, "MONGO_DB": db, "AUTH_SECRET": SECRET,
-              "WEB_SERVER_ADDRESS": f"127.0.0.1:{free_port()}", "max_workers": 10}
+    config = {"AMQP_URI": amqp_uri, "MONGO_URI": mongo_uri, "MONGO_DB": db,
+              "WEB_SERVER_ADDRESS": f"127.0.0.1:{free_port()}", "max_workers": 10, **trusted_issuer}
     yield config
     MongoClient(mongo_uri).drop_database(db)
 
 
 @pytest.fixture
-def token():
-    def make(role, subject):
-        return {"Authorization": f"Bearer {issue_token(SECRET, role, subject)}"}
-    return make
+def token(issuer):
+    """`token(role, subject)`: an Authorization header the services under test accept."""
+    return issuer.header
 
 
 class EventTap:

@@ -11,7 +11,7 @@ import os  # noqa: E402
 import statistics  # noqa: E402
 import time  # noqa: E402
 import uuid  # noqa: E402
-from datetime import datetime, timezone  # noqa: E402
+from datetime import datetime, timedelta, timezone  # noqa: E402
 
 import requests  # noqa: E402
 from kombu import Connection  # noqa: E402
@@ -21,10 +21,10 @@ from pymongo import MongoClient  # noqa: E402
 from stdnum.cn import uscc  # noqa: E402
 
 from ipvkit.amqp import events_exchange  # noqa: E402
-from ipvkit.auth import issue_token  # noqa: E402
 from ipvkit.events import new_event  # noqa: E402
 from services.providers.service import ProvidersService  # noqa: E402
 from tests.conftest import dumps, free_port  # noqa: E402
+from tests.issuer import LocalIssuer  # noqa: E402
 
 AGENCIES, ORDERS, CALLS = 200, 10_000, 100
 ENTERPRISES = [b + uscc.calc_check_digit(b) for b in (f"9135010{i:03d}MA2XY00" for i in range(50))]
@@ -42,16 +42,16 @@ def percentiles(samples):
 
 
 def main():
-    secret = "bench-" + uuid.uuid4().hex
+    issuer = LocalIssuer().start()  # tokens by public key, as from the realm, without Keycloak
     vhost = os.environ.get("IPV_TEST_VHOST", "ipv_test")
     amqp = os.environ["AMQP_URI"].rstrip("/") + "/" + vhost
     config = {"AMQP_URI": amqp, "MONGO_URI": os.environ["MONGO_URI"], "MONGO_DB": f"bench_{uuid.uuid4().hex[:8]}",
-              "AUTH_SECRET": secret, "WEB_SERVER_ADDRESS": f"127.0.0.1:{free_port()}", "max_workers": 10}
+              **issuer.config, "WEB_SERVER_ADDRESS": f"127.0.0.1:{free_port()}", "max_workers": 10}
     container = ServiceContainer(ProvidersService, config)
     container.start()
     base = f"http://{config['WEB_SERVER_ADDRESS']}"
     session = requests.Session()
-    session.headers["Authorization"] = "Bearer " + issue_token(secret, "officer", "bench")
+    session.headers["Authorization"] = "Bearer " + issuer.token("officer", "bench", ttl=timedelta(hours=1))
     try:
         for i in range(AGENCIES):
             session.post(f"{base}/api/v1/agencies", json={
@@ -103,6 +103,7 @@ def main():
         print(f"evaluation with {ORDERS // AGENCIES} open orders named in its event: {percentiles(samples)}", flush=True)
     finally:
         container.stop()
+        issuer.stop()
         MongoClient(config["MONGO_URI"]).drop_database(config["MONGO_DB"])
 
 

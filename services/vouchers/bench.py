@@ -16,7 +16,7 @@ import subprocess  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
 import uuid  # noqa: E402
-from datetime import datetime, timezone  # noqa: E402
+from datetime import datetime, timedelta, timezone  # noqa: E402
 
 import requests  # noqa: E402
 from kombu import Connection  # noqa: E402
@@ -24,8 +24,8 @@ from pymongo import MongoClient  # noqa: E402
 from stdnum.cn import uscc  # noqa: E402
 
 from ipvkit.amqp import events_exchange  # noqa: E402
-from ipvkit.auth import issue_token  # noqa: E402
 from tests.conftest import dumps, free_port  # noqa: E402
+from tests.issuer import LocalIssuer  # noqa: E402
 from tests.integration.test_vouchers_api import PROGRAMME, agency_registered, qualification_granted  # noqa: E402
 
 VOUCHERS, SINGLE, CLIENTS, SECONDS = 200, 50, 20, 20
@@ -42,10 +42,11 @@ def summary(samples):
 
 
 def main():
-    secret, vhost = "bench-" + uuid.uuid4().hex, os.environ.get("IPV_TEST_VHOST", "ipv_test")
+    issuer = LocalIssuer().start()  # tokens by public key, as from the realm, without Keycloak
+    vhost = os.environ.get("IPV_TEST_VHOST", "ipv_test")
     amqp = os.environ["AMQP_URI"].rstrip("/") + "/" + vhost
     db, address = f"bench_{uuid.uuid4().hex[:8]}", f"127.0.0.1:{free_port()}"
-    env = dict(os.environ, AMQP_URI=amqp, VOUCHERS_DB=db, VOUCHERS_HTTP=address, AUTH_SECRET=secret,
+    env = dict(os.environ, AMQP_URI=amqp, VOUCHERS_DB=db, VOUCHERS_HTTP=address, **issuer.config,
                LOG_LEVEL="WARNING")
     pod = subprocess.Popen([os.path.join(os.path.dirname(sys.executable), "nameko"), "run", "--config",
                             "services/vouchers/config.yaml", "services.vouchers.service:SERVICE"], env=env)
@@ -54,7 +55,7 @@ def main():
     session.mount("http://", adapter)
 
     def auth(role, subject):
-        return {"Authorization": "Bearer " + issue_token(secret, role, subject)}
+        return issuer.header(role, subject, ttl=timedelta(hours=1))
     try:
         for _ in range(100):
             try:
@@ -108,6 +109,7 @@ def main():
     finally:
         pod.terminate()
         pod.wait(30)
+        issuer.stop()
         MongoClient(os.environ["MONGO_URI"]).drop_database(db)
 
 

@@ -8,6 +8,7 @@ touches the shared servers other tests use.
     ...; svc.kill9(); svc.start(); stack.restart_rabbit(); stack.restart_ferret()
     stack.stop()
 """
+import atexit
 import json
 from collections import Counter
 import os
@@ -24,6 +25,7 @@ import requests
 from kombu import Connection, Queue
 
 from ipvkit.amqp import events_exchange
+from tests.issuer import LocalIssuer
 
 ROOT = Path(__file__).resolve().parents[2]
 PY = sys.executable
@@ -107,6 +109,18 @@ def _alive(pid):
         return False
 
 
+_issuer = []
+
+
+def issuer():
+    """One token issuer of the tests' own for every service process of this run (they trust its public
+    keys, as they would the realm's); the workload processes sign with it."""
+    if not _issuer:
+        _issuer.append(LocalIssuer().start())
+        atexit.register(_issuer[0].stop)
+    return _issuer[0]
+
+
 class ServiceProcess:
     """One service as `nameko run` runs it (scripts/services.sh), on the private stack."""
 
@@ -121,7 +135,7 @@ class ServiceProcess:
     def start(self, ready_within=30):
         upper = self.name.upper()
         env = dict(self.stack.env, AMQP_URI=self.stack.amqp_uri, MONGO_URI=self.stack.mongo_uri,
-                   AUTH_SECRET=self.secret, PYTHONWARNINGS="ignore",
+                   **issuer().config, PYTHONWARNINGS="ignore",
                    **{f"{upper}_HTTP": f"127.0.0.1:{self.port}", f"{upper}_DB": self.db}, **self.extra_env)
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(
@@ -132,8 +146,8 @@ class ServiceProcess:
         return self
 
     @property
-    def secret(self):
-        return os.environ.get("AUTH_SECRET") or "faults-secret"
+    def signer(self):
+        return issuer().signer()
 
     def ready(self):
         if self.proc.poll() is not None:
@@ -184,7 +198,7 @@ class Workload:
         self.proc = subprocess.Popen(
             [PY, "-m", "tests.faults.workload", kind, service.base, str(self.out), "--seconds", str(at_most),
              "--clients", str(clients), "--stop-file", str(self.stop_file)],
-            cwd=ROOT, env=dict(os.environ, AUTH_SECRET=service.secret))
+            cwd=ROOT, env=dict(os.environ, **service.signer.to_env()))
 
     def wait_for_success_after(self, moment, timeout=30):
         """Until a write issued after `moment` succeeded: the system is serving again."""
@@ -211,7 +225,7 @@ class MoneyWorkload(Workload):
         plan_file.write_text(json.dumps(dict(plan, base=service.base)))
         self.proc = subprocess.Popen(
             [PY, "-m", "tests.faults.money_workload", str(plan_file), str(self.out), "--seconds", str(at_most),
-             "--stop-file", str(self.stop_file)], cwd=ROOT, env=dict(os.environ, AUTH_SECRET=service.secret))
+             "--stop-file", str(self.stop_file)], cwd=ROOT, env=dict(os.environ, **service.signer.to_env()))
 
 
 def registration_problems(results, docs, tapped):

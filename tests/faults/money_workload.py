@@ -18,7 +18,7 @@ from datetime import date, timedelta
 
 import requests
 
-from ipvkit.auth import issue_token
+from tests.issuer import Signer
 from tests.faults.workload import RETRY_BUDGET_S
 
 PRICE_FEN = 1_000_000
@@ -44,11 +44,11 @@ def send(session, method, url, body, key, token):
     return None, seen, None
 
 
-def chain(plan, secret, enterprise_id, agency_id):
+def chain(plan, signer, enterprise_id, agency_id):
     """The steps for one enterprise: (op, role, subject, method, path or path(made), body, made from answer)."""
     base, deliver_by = plan["base"], (date.today() + timedelta(days=60)).isoformat()
-    officer = issue_token(secret, "officer", "faults-officer")
-    enterprise, agency = issue_token(secret, "enterprise", enterprise_id), issue_token(secret, "agency", agency_id)
+    officer = signer.token("officer", "faults-officer")
+    enterprise, agency = signer.token("enterprise", enterprise_id), signer.token("agency", agency_id)
     return [
         ("apply", enterprise, "POST", lambda _: f"{base}/api/v1/vouchers",
          lambda _: {"programme_id": plan["programme_id"]}, "voucher_id"),
@@ -72,7 +72,7 @@ def main():
     parser.add_argument("--stop-file", help="start no new chain once this file exists")
     args = parser.parse_args()
     plan = json.loads(open(args.plan).read())
-    secret, stop_at, lock = os.environ["AUTH_SECRET"], time.monotonic() + args.seconds, threading.Lock()
+    signer, stop_at, lock = Signer.from_env(), time.monotonic() + args.seconds, threading.Lock()
 
     def stopping():
         return time.monotonic() > stop_at or (args.stop_file and os.path.exists(args.stop_file))
@@ -85,7 +85,7 @@ def main():
                     return
                 agency_id = plan["agencies"][(number + n) % len(plan["agencies"])]
                 made = None
-                for op, token, method, url, body, answer_key in chain(plan, secret, enterprise_id, agency_id):
+                for op, token, method, url, body, answer_key in chain(plan, signer, enterprise_id, agency_id):
                     if op != "apply" and stopping():
                         return   # the chain stops part-way; what was done must still add up
                     issued = time.time()

@@ -12,7 +12,6 @@ from kombu import Connection
 from pymongo import MongoClient
 
 from ipvkit.amqp import events_exchange
-from ipvkit.auth import issue_token
 from ipvkit.deadletters import queue_depth
 from ipvkit.events import new_event
 from ipvkit.storage import LEASE
@@ -93,7 +92,7 @@ def test_kill_minus_9_while_consuming_applies_every_event_exactly_once(stack, en
     # Events arrive while the consumer is killed mid-stream: unacknowledged ones come back and
     # must still notify each enterprise once, no more.
     codes = [credit_code() for _ in range(4)]
-    officer = {"Authorization": "Bearer " + issue_token(enterprises.secret, "officer", "faults")}
+    officer = {"Authorization": "Bearer " + enterprises.signer.token("officer", "faults")}
     for code in codes:
         assert requests.post(enterprises.base + "/api/v1/enterprises", headers=officer, timeout=10, json={
             "credit_code": code, "name": "故障测试企业", "region": "350102", "industry": "C34",

@@ -18,7 +18,6 @@ from nameko.standalone.rpc import ClusterRpcProxy
 from pymongo import MongoClient
 
 from ipvkit.amqp import events_exchange
-from ipvkit.auth import issue_token
 from ipvkit.deadletters import consumers, queue_depth, services
 from ipvkit.events import new_event
 from ipvkit.storage import LEASE
@@ -62,7 +61,7 @@ class Money:
         self.tap, self.tapped = Tap(self.stack.amqp_uri, "vouchers"), []
         self.vouchers = ServiceProcess(self.stack, "vouchers").start()
         self.db = MongoClient(self.stack.mongo_uri)[self.vouchers.db]
-        self.officer = {"Authorization": "Bearer " + issue_token(self.vouchers.secret, "officer", "faults")}
+        self.officer = {"Authorization": "Bearer " + self.vouchers.signer.token("officer", "faults")}
         self.slices = count()
         self.enterprises = [[[credit_code() for _ in range(PER_CLIENT)] for _ in range(CLIENTS)] for _ in range(3)]
         today = date.today()
@@ -252,7 +251,7 @@ def ledger_problems(money, vouchers, problems):
     if {t: published[t] for t in expected} != expected:
         problems.append(f"events published {dict(published)}, stored records imply {expected}")
     wanted = {event["event_id"] for event in money.tapped}
-    auditor = {"Authorization": "Bearer " + issue_token(money.audit.secret, "auditor", "faults")}
+    auditor = {"Authorization": "Bearer " + money.audit.signer.token("auditor", "faults")}
     started, ledger = time.monotonic(), []
 
     def complete():

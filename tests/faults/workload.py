@@ -14,7 +14,7 @@ import time
 import requests
 from stdnum.cn import uscc
 
-from ipvkit.auth import issue_token
+from tests.issuer import Signer
 
 RETRY_BUDGET_S = 12
 
@@ -61,7 +61,7 @@ def main():
     parser.add_argument("--clients", type=int, default=4)
     parser.add_argument("--stop-file", help="stop issuing new writes once this file exists")
     args = parser.parse_args()
-    headers = {"Authorization": "Bearer " + issue_token(os.environ["AUTH_SECRET"], "officer", "faults")}
+    headers = {"Authorization": "Bearer " + Signer.from_env().token("officer", "faults")}
     stop_at = time.monotonic() + args.seconds
     lock = threading.Lock()
 

@@ -1,5 +1,7 @@
 """Service-independent fixtures: every service found in services/*/service.py, started in a
-container with its own config.yaml defaults, a fresh database and a free port."""
+container with its own config.yaml defaults, a fresh database and a free port, trusting the real
+Keycloak realm: the hostile tests (the authorization matrix and the fuzz tests above all) run on tokens
+the realm issued to real users."""
 from pathlib import Path
 
 import pytest
@@ -25,6 +27,16 @@ def api_routes(cls):
             if isinstance(ext, ApiHandler):
                 found.append((attr, ext))
     return found
+
+
+@pytest.fixture
+def trusted_issuer(realm):
+    return realm.config
+
+
+@pytest.fixture
+def token(realm):
+    return realm.header
 
 
 class Client:

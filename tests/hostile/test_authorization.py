@@ -1,25 +1,48 @@
 """Every route of every service × every role, no token and bad tokens, and, where a route has an
-owner, the owner vs someone else: the answer follows the route's declared `roles`."""
+owner, the owner vs someone else: the answer follows the route's declared `roles`. The tokens are the
+Keycloak realm's, issued to real users; the bad ones are each wrong in one way only."""
 import re
 from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from ipvkit.auth import ROLES, issue_token
-from tests.conftest import SECRET
+from cryptography.hazmat.primitives import serialization
+
+from ipvkit.auth import ROLES
 from tests.hostile.conftest import SERVICES, api_routes
 from tests.hostile.profiles import Seed, profile
+from tests.issuer import access_claims, forged, new_key
 
 pytestmark = pytest.mark.integration
 
-BAD_TOKENS = {
-    "no token": {},
-    "not a JWT": {"Authorization": "Bearer not-a-token"},
-    "other secret": {"Authorization": "Bearer " + issue_token("someone-elses-secret", "officer", "o1")},
-    "expired": {"Authorization": "Bearer " + issue_token(SECRET, "officer", "o1",
-                                                         now=datetime.now(timezone.utc) - timedelta(days=2))},
-    "not bearer": {"Authorization": "Basic b2ZmaWNlcjpvMQ=="},
-}
+
+@pytest.fixture(scope="module")
+def realm_key(realm):
+    """A key the realm publishes but does not sign with (passive), so a token can be wrong in one way
+    only: expired, another audience, another issuer."""
+    key, kid, component = realm.add_rsa_key(active=False, priority=1)
+    yield key, kid
+    realm.remove_component(component)
+
+
+@pytest.fixture(scope="module")
+def bad_tokens(realm, realm_key):
+    key, kid = realm_key
+    old = datetime.now(timezone.utc) - timedelta(days=2)
+    public_pem = key.public_key().public_bytes(serialization.Encoding.PEM,
+                                               serialization.PublicFormat.SubjectPublicKeyInfo)
+    claims = access_claims(realm.issuer, "officer", "o1")
+    tokens = {
+        "not a JWT": "not-a-token",
+        "expired": realm.mint(key, kid, access_claims(realm.issuer, "officer", "o1", now=old)),
+        "another audience": realm.mint(key, kid, access_claims(realm.issuer, "officer", "o1", audience="account")),
+        "another issuer": realm.mint(key, kid, access_claims("http://127.0.0.1:1/realms/ipv", "officer", "o1")),
+        "a key the realm does not publish": realm.mint(new_key("RS256"), kid, claims),
+        "alg none": forged(claims, "none", kid),
+        "HS256 keyed with the realm's public key": forged(claims, "HS256", kid, public_pem),
+    }
+    headers = {label: {"Authorization": f"Bearer {value}"} for label, value in tokens.items()}
+    return dict(headers, **{"no token": {}, "not bearer": {"Authorization": "Basic b2ZmaWNlcjpvMQ=="}})
 WITH_ROUTES = sorted(name for name, cls in SERVICES.items() if api_routes(cls))
 
 
@@ -46,7 +69,7 @@ def owned(prof, seed, role, method, url):
 
 
 @pytest.mark.parametrize("service", WITH_ROUTES)
-def test_every_route_answers_every_principal_as_its_roles_say(start_service, service):
+def test_every_route_answers_every_principal_as_its_roles_say(start_service, bad_tokens, service):
     _, client = start_service(service)
     prof = profile(service)
     seed = prof.seed(client) if prof.seed else Seed()
@@ -73,7 +96,7 @@ def test_every_route_answers_every_principal_as_its_roles_say(start_service, ser
 
     for method, handler in api_routes(SERVICES[service]):
         where = f"{handler.method} {handler.url}"
-        for label, headers in BAD_TOKENS.items():
+        for label, headers in bad_tokens.items():
             status = request(method, handler, None, None, headers=headers).status_code
             checked += 1
             if status != 401:
@@ -95,7 +118,7 @@ def test_every_route_answers_every_principal_as_its_roles_say(start_service, ser
                 refused = (403,) if method in prof.bodies or handler.body_schema is None else (400, 403)
                 if status not in refused:
                     wrong.append(f"{where} as {role} on someone else's record: {status}, expected 403")
-    assert checked >= len(api_routes(SERVICES[service])) * (len(ROLES) + len(BAD_TOKENS))
+    assert checked >= len(api_routes(SERVICES[service])) * (len(ROLES) + len(bad_tokens))
     assert others or not prof.seed, "the profile seeds records but no route was tried on someone else's"
     print(f"{service}: {checked} requests, {others} on someone else's record")
     assert not wrong, "\n".join(wrong)

@@ -9,16 +9,21 @@ import eventlet
 import pytest
 import requests
 
-from ipvkit.auth import issue_token
 from ipvkit.consumer import consume
 from ipvkit.events import new_event
 from ipvkit.amqp import events_exchange
 from ipvkit.http import ServiceBase, api
 from ipvkit.logs import JsonFormatter, bind, unbind
-from tests.conftest import SECRET, dumps, publish_raw
+from tests.conftest import dumps, publish_raw
 
 log = logging.getLogger("probe")
-TOKEN = issue_token(SECRET, "officer", "o1")
+HELD = {}  # the officer's token of this test run: the probe's error message quotes it
+
+
+@pytest.fixture(autouse=True)
+def officer_token(issuer):
+    HELD["token"] = issuer.token("officer", "o1")
+    return HELD["token"]
 CODE = "91350100M000100Y43"
 
 
@@ -33,7 +38,7 @@ class Probe(ServiceBase):
 
     @api("GET", "/api/v1/broken", roles=("officer",))
     def broken(self, call):
-        raise RuntimeError(f"cannot reach amqp://ipv:s3cret-pass@rabbitmq:5672/ with Bearer {TOKEN}")
+        raise RuntimeError(f"cannot reach amqp://ipv:s3cret-pass@rabbitmq:5672/ with Bearer {HELD['token']}")
 
     @consume([("enterprises", "enterprise.registered")])
     def on_registered(self, event):
@@ -74,10 +79,10 @@ def test_concurrent_green_threads_keep_their_own_correlation_id(lines):
 
 @pytest.mark.integration
 def test_request_and_event_logs_carry_their_correlation_id_and_no_secret(
-        container_factory, service_config, amqp_uri, lines):
+        container_factory, service_config, amqp_uri, lines, officer_token):
     container_factory(Probe, service_config).start()
     base = f"http://{service_config['WEB_SERVER_ADDRESS']}"
-    auth = {"Authorization": f"Bearer {TOKEN}"}
+    auth = {"Authorization": f"Bearer {officer_token}"}
     pool = eventlet.GreenPool()
     answers = list(pool.imap(lambda n: requests.get(f"{base}/api/v1/probe/{n}", timeout=5,
                                                     headers=dict(auth, **{"X-Correlation-Id": f"req-{n}"})),
@@ -109,21 +114,21 @@ def test_request_and_event_logs_carry_their_correlation_id_and_no_secret(
 
     written = "\n".join(json.dumps(line, ensure_ascii=False) for line in lines())
     assert "cannot reach amqp://[redacted]@rabbitmq:5672/ with Bearer [redacted]" in written
-    assert TOKEN not in written and "s3cret-pass" not in written and TOKEN.split(".")[1] not in written
+    assert officer_token not in written and "s3cret-pass" not in written and officer_token.split(".")[1] not in written
 
 
 @pytest.fixture
 def signing_key(monkeypatch):
-    monkeypatch.setenv("AUTH_SECRET", "hush-hush-signing-key")  # before `lines` makes its formatter
+    monkeypatch.setenv("OIDC_CLIENT_SECRET", "hush-hush-signing-key")  # before `lines` makes its formatter
 
 
-def test_secrets_are_redacted_from_message_extra_fields_and_traceback(signing_key, lines):
+def test_secrets_are_redacted_from_message_extra_fields_and_traceback(signing_key, lines, officer_token):
     try:
-        raise ValueError(f"token {TOKEN} with key hush-hush-signing-key")
+        raise ValueError(f"token {officer_token} with key hush-hush-signing-key")
     except ValueError:
-        log.exception("mongodb://root:pw123456@db/ failed", extra={"event_type": f"x {TOKEN}"})
+        log.exception("mongodb://root:pw123456@db/ failed", extra={"event_type": f"x {officer_token}"})
     line = lines()[-1]
     text = json.dumps(line)
-    assert "hush-hush" not in text and TOKEN not in text and "pw123456" not in text
+    assert "hush-hush" not in text and officer_token not in text and "pw123456" not in text
     assert line["message"] == "mongodb://[redacted]@db/ failed"
     assert "token [redacted] with key [redacted]" in line["exception"]
