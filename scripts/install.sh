@@ -125,6 +125,6 @@ fi
 for po in "$PORTAL"/translations/*/LC_MESSAGES/messages.po; do
   [ -f "$po" ] || continue
   if [ ! -f "${po%.po}.mo" ] || [ "$po" -nt "${po%.po}.mo" ]; then
-    "$VENV/bin/pybabel" compile -q -i "$po" -o "${po%.po}.mo" || die "could not compile $po"
+    "$VENV/bin/pybabel" compile -i "$po" -o "${po%.po}.mo" 2>/dev/null || die "could not compile $po"
   fi
 done

@@ -61,7 +61,11 @@ start_portal() {
   fi
   say "starting portal on 127.0.0.1:$PORTAL_PORT (log: $RUN/portal.log)"
   # The portal reaches the API and Keycloak by the ingress address the browser uses too.
-  (cd "$ROOT" && export PORTAL_API_URL="http://127.0.0.1:$PORT" PORTAL_PUBLIC_URL="http://127.0.0.1:$PORT" &&
+  # The reader client's secret was kept by scripts/keycloak.py when it imported the realm.
+  local reader_secret=""
+  [ -z "${IPV_KEYCLOAK_DIR:-}" ] || [ ! -f "$IPV_KEYCLOAK_DIR/portal-reader-secret" ] || reader_secret=$(cat "$IPV_KEYCLOAK_DIR/portal-reader-secret")
+  (cd "$ROOT" && export PORTAL_API_URL="http://127.0.0.1:$PORT" PORTAL_PUBLIC_URL="http://127.0.0.1:$PORT" \
+      PORTAL_READER_CLIENT_ID=ipv-portal-reader PORTAL_READER_CLIENT_SECRET="$reader_secret" &&
     exec nohup "$VENV/bin/gunicorn" --config services/portal/gunicorn.conf.py --bind "127.0.0.1:$PORTAL_PORT" \
       "services.portal.app:create_app()" >"$RUN/portal.log" 2>&1 </dev/null) &
   echo $! >"$pidf"
