@@ -256,7 +256,7 @@ def test_auditor_sees_the_ledger_verified_fund_use_drills_down_and_exports(peopl
     auditor.check()
     assert auditor.heading() == "按月份统计资金使用"
     expect(auditor.page.get_by_role("img", name="下表数据的柱状图").locator("svg")).to_be_visible()
-    auditor.page.get_by_role("link", name="机构").click()
+    auditor.page.get_by_role("link", name="机构", exact=True).click()
     auditor.check()
     auditor.screenshot("auditor-fund-use")
     row = auditor.page.get_by_role("row", name=re.compile("91331021MA2H1PT0XL"))
