@@ -270,3 +270,17 @@ def test_auditor_sees_the_ledger_verified_fund_use_drills_down_and_exports(peopl
     expect(auditor.page.get_by_role("link", name="下载导出文件")).to_be_visible(timeout=60_000)
     auditor.check()
     assert re.search(r"已完成：共 \d+ 行", auditor.text())
+
+
+def test_ops_signs_in_and_out_and_the_session_is_gone(people):
+    ops = people("ops")
+    ops.goto("/ops")
+    assert ops.heading() == "运维"
+    ops.page.get_by_role("button", name="退出登录").click()
+    ops.page.wait_for_url(ops.base_url + "/signed-out")
+    ops.check()
+    assert ops.heading() == "您已退出登录"
+    ops.goto("/ops")
+    assert ops.heading() == "登录"  # the portal session and the realm session both ended
+    ops.page.get_by_role("link", name="继续登录").click()
+    expect(ops.page.locator("#username")).to_be_visible()  # Keycloak asks for the password again

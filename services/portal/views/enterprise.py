@@ -1,8 +1,9 @@
 """An enterprise's work: its tiers and vouchers, applying, choosing an agency, ordering, confirming or
 disputing a delivery, claiming where the enterprise is the payee, its alerts."""
+import re
 import uuid
 from datetime import date, timedelta
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 
 from flask import Blueprint, abort, flash, g, redirect, render_template, request, url_for
 from flask_babel import gettext as _
@@ -21,15 +22,17 @@ from services.portal.signin import person_required
 
 bp = Blueprint("enterprise", __name__, url_prefix="/enterprise")
 OPEN_ORDER_STATES = ("placed", "delivered", "disputed", "confirmed")
+YUAN = re.compile(r"^\d{1,9}(\.\d{1,2})?$")
 
 
 def fen_from_yuan(text):
-    """'1,200.5' → 120050; more than two decimals, a negative or no number is an error, never rounded."""
-    try:
-        amount = Decimal(str(text).replace(",", "").replace("¥", "").strip())
-    except InvalidOperation:
+    """'1,200.5' → 120050; more than two decimals, a negative, an exponent or no number is an error, never
+    rounded."""
+    plain = str(text or "").replace(",", "").replace("¥", "").strip()
+    if not YUAN.match(plain):
         raise ValidationError(_("Enter an amount in yuan, like 12000.00"))
-    if amount <= 0 or amount != amount.quantize(Decimal("0.01")) or amount > Decimal("100000000"):
+    amount = Decimal(plain)
+    if amount <= 0 or amount > Decimal("100000000"):
         raise ValidationError(_("Enter an amount in yuan, more than 0, with at most two decimals"))
     return int(amount * 100)
 
