@@ -5,7 +5,7 @@ export PORT ?= 8000
 PY := .venv/bin/python
 ENV := source var/env
 
-.PHONY: help install stack run demo token test test-unit stop status clean deadletters bench
+.PHONY: help install stack run demo token admin test test-unit stop status clean deadletters bench
 
 help:
 	@echo "make run     install what is missing, start RabbitMQ, FerretDB, Keycloak and every service, load demo data"
@@ -29,6 +29,11 @@ token:
 	@test -f var/env || { echo "run 'make run' (or 'make stack') first: it starts Keycloak" >&2; exit 2; }
 	@$(ENV) && $(PY) -W ignore scripts/keycloak.py token "$(ROLE)" $(SUBJECT)
 
+# The first officer (auditor, ops) of a realm: `make admin USER=li.wei ROLE=officer` (docs/security.md).
+admin:
+	@test "$(origin USER)" = "command line" -a -n "$(ROLE)" || { echo "usage: make admin USER=<username> ROLE=<officer|auditor|ops>" >&2; exit 2; }
+	@$(ENV) && $(PY) -W ignore scripts/keycloak.py admin "$(USER)" "$(ROLE)"
+
 test: stack
 	@$(ENV) && PYTHONWARNINGS=ignore::DeprecationWarning $(PY) -m pytest $(PYTEST_ARGS)
 	@# The portal's browser tests run in a process without eventlet (tests/conftest.py says why).
@@ -42,9 +47,11 @@ test-unit: install
 deadletters:
 	@$(ENV) && $(PY) -W ignore -m ipvkit.deadletters $(or $(ARGS),list)
 
-# Load benchmark, not part of `make test`; figures and how to read them: bench/README.md.
+# Benchmarks, not part of `make test`; figures and how to read them: bench/README.md.
+# BENCH picks one: run (the whole chain), vouchers_orders, audit_ledger, providers_load.
+BENCH ?= run
 bench: stack
-	@$(ENV) && $(PY) -W ignore -m bench.run $(BENCH_ARGS)
+	@$(ENV) && $(PY) -W ignore -m bench.$(BENCH) $(BENCH_ARGS)
 
 status:
 	@bash scripts/stack.sh status; test -f var/env && bash scripts/services.sh status || true

@@ -244,6 +244,22 @@ def db_insert(process_no, mongo_uri, seconds, clients):
     return out
 
 
+def start_echo(amqp_uri):
+    """The bare echo service, on the benchmark's broker vhost and a free HTTP port."""
+    port = free_port()
+    config = OUT / "echo.yaml"
+    config.write_text(f"AMQP_URI: {amqp_uri}\nWEB_SERVER_ADDRESS: 127.0.0.1:{port}\nmax_workers: 10\n")
+    echo = Launched("echo", [str(ROOT / ".venv/bin/nameko"), "run", "--config", str(config),
+                             "bench.echo_service:EchoService"], dict(os.environ, PYTHONWARNINGS="ignore"), port)
+    echo.wait_ready(path="/echo")
+    return echo
+
+
+def echo_ceiling(processes, clients, amqp_uri, seconds):
+    """Echo RPC round trips (each one's wall time) from `processes` x `clients` callers."""
+    return [x for part in fan_out(echo_rpc, processes, amqp_uri, seconds, clients) for x in part]
+
+
 def fan_out(fn, processes, *args):
     """fn(process number, *args) in each of `processes` fresh processes; their results. Spawned, not
     forked: a fork copies this process's pymongo threads' locks, and a worker could hang on one."""
@@ -277,7 +293,82 @@ def audit_lag(launched):
 
     def bound(q):
         return next((le for le in sorted(buckets) if buckets[le] >= q * total), float("inf"))
-    return int(entries), bound(0.5), bound(0.99)
+    shares = ", ".join(f"<= {le:g} s {buckets[le] / total:.1%}" for le in sorted(buckets) if le < float("inf"))
+    return int(entries), bound(0.5), bound(0.99), shares
+
+
+def db_counts(launched):
+    """{(service, kind, access): database commands so far} summed over every instance, from the
+    services' own `ipv_db_commands_total` (kind read/write, access by_id/scan)."""
+    from prometheus_client.parser import text_string_to_metric_families
+    counts = defaultdict(float)
+    for p in launched:
+        text = requests.get(f"http://127.0.0.1:{p.port}/metrics", headers={"Accept": "text/plain"}, timeout=10).text
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                if sample.name == "ipv_db_commands_total":
+                    labels = sample.labels
+                    counts[(labels["service"], labels["kind"], labels["access"])] += sample.value
+    return counts
+
+
+def diff(after, before):
+    return {k: v - before.get(k, 0) for k, v in after.items() if v - before.get(k, 0)}
+
+
+COUNT_COLUMNS = (("write", "by_id"), ("write", "scan"), ("read", "by_id"), ("read", "scan"))
+
+
+def count_cells(counts, service, per=1):
+    return "".join(f"{counts.get((service, k, a), 0) / per:>12.1f}" for k, a in COUNT_COLUMNS)
+
+
+COUNT_HEADER = "".join(f"{k + ' ' + a:>12}" for k, a in COUNT_COLUMNS)
+
+
+def settle(launched, quiet=1.5, limit=15):
+    """Waits until no service has written for `quiet` seconds (events of a step have run their course)."""
+    last, still, deadline = None, time.monotonic(), time.monotonic() + limit
+    while time.monotonic() < deadline:
+        writes = {k: v for k, v in db_counts(launched).items() if k[1] == "write"}
+        if writes != last:
+            last, still = writes, time.monotonic()
+        elif time.monotonic() - still >= quiet:
+            return
+        time.sleep(0.25)
+
+
+def chain_steps(ctx, launched, names, made):
+    """One pass of the chain by one client, each step alone: the database commands it caused in
+    every service (its events included), and the idle background (timers) for comparison. What
+    it makes goes into `made` (the invariants count it)."""
+    from bench import workload
+    lines = [f"{'step / service':<26}{COUNT_HEADER}"]
+    before = db_counts(launched)
+    time.sleep(5)
+    idle = diff(db_counts(launched), before)
+    for name in names:
+        lines.append(f"{'idle 5 s: ' + name:<26}{count_cells(idle, name)}")
+    pools = defaultdict(list)
+    for op in workload.operations(ctx.shared):
+        settle(launched)
+        before = db_counts(launched)
+        item = pools[op.takes].pop() if op.takes else None
+        for _ in range(40):
+            response, new = op.run(ctx, item)
+            if response.status_code not in op.again:
+                break
+            time.sleep(0.25)
+        response.raise_for_status()
+        made[op.name].append(new)
+        if op.gives:
+            pools[op.gives].append(new)
+        settle(launched)
+        step = diff(db_counts(launched), before)
+        for name in names:
+            if any(k[0] == name for k in step):
+                lines.append(f"{op.name + ': ' + name:<26}{count_cells(step, name)}")
+    return lines
 
 
 # -- report ------------------------------------------------------------------------------------
@@ -302,6 +393,8 @@ def main(argv=None):
     parser.add_argument("--echo-seconds", type=float, default=10)
     parser.add_argument("--profile", action="store_true", help="py-spy record every service during the load")
     parser.add_argument("--json", help="also write the figures to this file")
+    parser.add_argument("--no-steps", action="store_true",
+                        help="skip the one-pass count of database commands per chain step")
     parser.add_argument("--private-stack", action="store_true",
                         help="own RabbitMQ node and FerretDB for this run (tests/faults/harness.py), so other "
                              "work on the shared servers does not skew the figures")
@@ -332,8 +425,17 @@ def main(argv=None):
         launched, routes, databases = start_services(names, instances, amqp_uri, mongo)
         print(f"services: {', '.join(f'{n} x{instances.get(n, 1)}' for n in names)}; broker vhost {VHOST}; "
               f"load: {args.processes} processes x {args.clients} clients for {args.seconds:.0f} s", flush=True)
+        # The ceiling is measured before and after the load (others' work on the machine varies).
+        echo = start_echo(amqp_uri)
+        rpc_before = echo_ceiling(args.processes, args.clients, amqp_uri, args.echo_seconds)
         shared = workload.setup(Client(0, routes, signer), names)
         time.sleep(2)   # what set-up registered reaches the other services' read models as events
+        steps, stepped = [], defaultdict(list)
+        if not args.no_steps:
+            stepper = Client(999, routes, signer)   # an id no load client has
+            stepper.shared = shared
+            steps = chain_steps(stepper, launched, names, stepped)
+        counted = db_counts(launched)
         profilers = []
         if args.profile:
             profilers = [subprocess.Popen([str(ROOT / ".venv/bin/py-spy"), "record", "--pid", str(p.proc.pid),
@@ -344,7 +446,7 @@ def main(argv=None):
         window = args.seconds   # each process measures its own window of this length
         for prof in profilers:
             prof.wait()
-        samples, errors, made = defaultdict(list), defaultdict(lambda: defaultdict(int)), defaultdict(list)
+        samples, errors, made = defaultdict(list), defaultdict(lambda: defaultdict(int)), defaultdict(list, stepped)
         for s, e, m in results:
             for k, v in s.items():
                 samples[k].extend(v)
@@ -355,16 +457,8 @@ def main(argv=None):
                 made[k].extend(v)
 
         # The ceiling, measured now, on the same machine, with the services idle.
-        echo_port = free_port()
-        config = OUT / "echo.yaml"
-        config.write_text(f"AMQP_URI: {amqp_uri}\nWEB_SERVER_ADDRESS: 127.0.0.1:{echo_port}\nmax_workers: 10\n")
-        echo = Launched("echo", [str(ROOT / ".venv/bin/nameko"), "run", "--config", str(config),
-                                 "bench.echo_service:EchoService"], dict(os.environ, PYTHONWARNINGS="ignore"),
-                        echo_port)
-        echo.wait_ready(path="/echo")
-        rpc = [x for part in fan_out(echo_rpc, args.processes, amqp_uri, args.echo_seconds, args.clients)
-               for x in part]
-        http = [x for part in fan_out(echo_http, args.processes, f"http://127.0.0.1:{echo_port}/echo",
+        rpc = echo_ceiling(args.processes, args.clients, amqp_uri, args.echo_seconds)
+        http = [x for part in fan_out(echo_http, args.processes, f"http://127.0.0.1:{echo.port}/echo",
                                       args.echo_seconds, args.clients) for x in part]
         mongo.drop_database("ipv_bench_ceiling")
         inserts = [x for part in fan_out(db_insert, args.processes, os.environ["MONGO_URI"], args.echo_seconds,
@@ -375,6 +469,7 @@ def main(argv=None):
         deadline = time.monotonic() + 60
         while (pending := workload.pending_outbox(databases)) and time.monotonic() < deadline:
             time.sleep(0.5)
+        per_order = diff(db_counts(launched), counted)
         checker = Client(0, routes, signer)
         checker.shared = shared
         problems = workload.check(checker, made, databases)
@@ -388,16 +483,30 @@ def main(argv=None):
                 print(row(op.name, samples.get(op.name, []), window, errors.get(op.name)))
                 total.extend(samples.get(op.name, []))
         print(row("all API operations", total, window, {k: sum(v.values()) for k, v in errors.items()}))
-        print(row("echo RPC (ceiling)", rpc, args.echo_seconds))
+        print(row("echo RPC before load", rpc_before, args.echo_seconds))
+        print(row("echo RPC after (ceil.)", rpc, args.echo_seconds))
         print(row("echo @http (ceiling)", http, args.echo_seconds))
         print(row("database insert", inserts, args.echo_seconds))
-        api_rate, rpc_rate, http_rate = len(total) / window, len(rpc) / args.echo_seconds, len(http) / args.echo_seconds
-        print(f"ratio: API operations/s = {api_rate / rpc_rate:.2f} x echo RPC/s, {api_rate / http_rate:.2f} x echo "
+        api_rate, http_rate = len(total) / window, len(http) / args.echo_seconds
+        rpc_rate = (len(rpc_before) + len(rpc)) / 2 / args.echo_seconds   # the mean of before and after
+        print(f"ratio: API operations/s = {api_rate / rpc_rate:.2f} x echo RPC/s (mean of before and after), "
+              f"{api_rate / http_rate:.2f} x echo "
               f"@http/s, {api_rate / (len(inserts) / args.echo_seconds):.2f} x database inserts/s")
         lag = audit_lag(launched)
         if lag:
             print(f"audit: {lag[0]} ledger entries; lag (occurred_at -> appended) p50 <= {lag[1]} s, "
-                  f"p99 <= {lag[2]} s (bucket bounds of ipv_audit_lag_seconds)")
+                  f"p99 <= {lag[2]} s (bucket bounds of ipv_audit_lag_seconds; {lag[3]})")
+        orders = len(samples.get("order", ()))
+        if orders:
+            print(f"database commands per order placed (the whole mix over the window and the drain, "
+                  f"{orders} orders):\n{'service':<26}{COUNT_HEADER}")
+            for name in names:
+                print(f"{name:<26}{count_cells(per_order, name, orders)}")
+            print(f"{'all services':<26}" + "".join(
+                f"{sum(v for (_, k, a), v in per_order.items() if (k, a) == c) / orders:>12.1f}" for c in COUNT_COLUMNS))
+        if steps:
+            print("database commands of one chain pass, step by step (one client, each step settled):")
+            print("\n".join(steps))
         print("invariants: " + ("hold" if not problems else "BROKEN: " + "; ".join(problems)))
         if args.profile:
             print(f"profiles: {', '.join(str(OUT / f'profile-{p.name}.svg') for p in launched)}")
@@ -407,7 +516,9 @@ def main(argv=None):
                                                        "p50": percentile(sorted(v), 50),
                                                        "p99": percentile(sorted(v), 99)} for k, v in samples.items()},
                 "errors": errors, "echo_rpc_per_s": rpc_rate, "echo_http_per_s": http_rate,
-                "db_inserts_per_s": len(inserts) / args.echo_seconds, "problems": problems},
+                "db_inserts_per_s": len(inserts) / args.echo_seconds, "problems": problems,
+                "db_commands_per_order": {"/".join(k): v / max(orders, 1) for k, v in per_order.items()},
+                "audit_lag_s": lag and {"p50": lag[1], "p99": lag[2]}},
                 indent=2))
         return 1 if problems else 0
     finally:

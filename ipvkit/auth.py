@@ -6,7 +6,7 @@ not know (a rotated key), at most once per `OIDC_JWKS_REFETCH_SECONDS` so forged
 it hammer the issuer. Configuration: OIDC_ISSUER, OIDC_AUDIENCE, and OIDC_JWKS_URL where the services
 reach the issuer by another address than its public one (Kubernetes)."""
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import jwt
 from jwt import PyJWKClient, PyJWKClientConnectionError, PyJWKClientError
@@ -22,8 +22,14 @@ LEEWAY_SECONDS = 30  # clock skew between the issuer and us
 
 @dataclass(frozen=True)
 class Principal:
+    """Who calls: a role and an id (an enterprise's credit code, an agency's id, a staff username).
+    `verified` is False for a self-registered enterprise account an officer has not verified yet: its id is
+    the credit code it claims, good only for registering that enterprise. `account` is the person's account
+    id in the realm (the token's `sub`)."""
     role: str
     id: str
+    verified: bool = True
+    account: str = field(default=None, compare=False)
 
     def as_actor(self):
         return {"role": self.role, "id": self.id}
@@ -82,15 +88,19 @@ class TokenVerifier:
         if len(held) > 1:
             raise Forbidden(f"this account holds several roles ({', '.join(held)}); each person acts in one")
         role = held[0]
+        account = claims.get("sub")
         if role in ORG_ROLES:
             subject = claims.get("org")
             if not isinstance(subject, str) or not subject:
+                claimed = claims.get("credit_code")
+                if role == "enterprise" and isinstance(claimed, str) and claimed:
+                    return Principal(role, claimed, verified=False, account=account)
                 raise Forbidden(f"this {role} account is not bound to an organisation yet")
         else:
             subject = claims.get("preferred_username") or claims.get("sub")
             if not isinstance(subject, str) or not subject:
                 raise Unauthorized("token names no user")
-        return Principal(role, subject)
+        return Principal(role, subject, account=account)
 
 
 _verifiers = {}
@@ -124,6 +134,10 @@ def principal_from_header(verifier, header):
     return verifier.principal(token.strip())
 
 
-def require_role(principal, *roles):
+def require_role(principal, *roles, unverified=False):
+    """`unverified`: the route also serves enterprise accounts not verified yet (registering their enterprise)."""
     if principal.role not in roles:
         raise Forbidden(f"role {principal.role!r} may not do this; needs one of: {', '.join(roles)}")
+    if not principal.verified and not unverified:
+        raise Forbidden(f"enterprise {principal.id} is not verified yet: register it, then an officer verifies it "
+                        "(实名认证) before this account acts for it")

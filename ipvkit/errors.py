@@ -52,6 +52,10 @@ class PayloadTooLarge(ApiError):
     status, code = 413, "payload_too_large"
 
 
+class UnsupportedMediaType(ApiError):
+    status, code = 415, "unsupported_media_type"
+
+
 class Unavailable(ApiError):
     """Something the request needs (the database, the identity provider) cannot be reached; retry."""
     status, code = 503, "unavailable"
@@ -61,4 +65,5 @@ class IllegalTransition(Conflict):
     code = "illegal_transition"
 
     def __init__(self, kind, current, action):
-        super().__init__(f"cannot {action} a {kind} that is {current}", state=current, action=action)
+        article = "an" if kind[:1] in "aeiou" else "a"
+        super().__init__(f"cannot {action} {article} {kind} that is {current}", state=current, action=action)

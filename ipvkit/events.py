@@ -4,12 +4,13 @@ Routing key = `type` = `aggregate.past_tense`, published on the producer's topic
 `<producer>.events`. An additive change bumps `version` (readers ignore unknown fields);
 a breaking change is a new type name.
 """
-import json
 import uuid
 
 from marshmallow import EXCLUDE, RAISE, Schema, ValidationError, fields, validate
 
+from ipvkit import strictjson
 from ipvkit.clock import utc_iso
+from ipvkit.text import Text
 
 MAX_EVENT_BYTES = 256 * 1024  # far above any real event; a larger body is refused, not parsed
 
@@ -35,8 +36,8 @@ def registered_types():
 
 
 class ActorSchema(Schema):
-    role = fields.String(required=True, validate=validate.Length(1, 32))
-    id = fields.String(required=True, validate=validate.Length(1, 128))
+    role = Text(required=True, validate=validate.Length(1, 32))
+    id = Text(required=True, validate=validate.Length(1, 128))
 
 
 class EnvelopeSchema(Schema):
@@ -44,14 +45,14 @@ class EnvelopeSchema(Schema):
         unknown = EXCLUDE
 
     event_id = fields.UUID(required=True)
-    type = fields.String(required=True, validate=validate.Regexp(r"^[a-z_]+\.[a-z_]+$"))
+    type = Text(required=True, validate=validate.Regexp(r"^[a-z_]+\.[a-z_]+$"))
     version = fields.Integer(required=True, strict=True, validate=validate.Range(1, 1000))
     occurred_at = fields.AwareDateTime(required=True, default_timezone=None)
-    producer = fields.String(required=True, validate=validate.Length(1, 64))
-    aggregate_id = fields.String(required=True, validate=validate.Length(1, 128))
+    producer = Text(required=True, validate=validate.Length(1, 64))
+    aggregate_id = Text(required=True, validate=validate.Length(1, 128))
     sequence = fields.Integer(required=True, strict=True, validate=validate.Range(min=1))
-    correlation_id = fields.String(required=True, validate=validate.Length(1, 128))
-    causation_id = fields.String(required=True, allow_none=True, validate=validate.Length(1, 128))
+    correlation_id = Text(required=True, validate=validate.Length(1, 128))
+    causation_id = Text(required=True, allow_none=True, validate=validate.Length(1, 128))
     actor = fields.Nested(ActorSchema, required=True)
     data = fields.Dict(required=True)
 
@@ -91,20 +92,18 @@ def _schema_for(event_type, version):
 
 def parse(body):
     """Bytes or str off the wire -> validated envelope dict, or MalformedEvent with the reason."""
+    if isinstance(body, str):
+        if len(body) > MAX_EVENT_BYTES:
+            raise MalformedEvent(f"event of {len(body)} characters exceeds {MAX_EVENT_BYTES}")
+        body = body.encode("utf-8", "surrogatepass")  # read as the bytes it came as: one rule for both
     if isinstance(body, (bytes, bytearray)):
         if len(body) > MAX_EVENT_BYTES:
             raise MalformedEvent(f"event of {len(body)} bytes exceeds {MAX_EVENT_BYTES}")
         try:
-            body = body.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            raise MalformedEvent(f"not UTF-8: {exc}")
-    if isinstance(body, str):
-        if len(body) > MAX_EVENT_BYTES:
-            raise MalformedEvent(f"event of {len(body)} characters exceeds {MAX_EVENT_BYTES}")
-        try:
-            body = json.loads(body)
-        except ValueError as exc:
-            raise MalformedEvent(f"not JSON: {exc}")
+            body = strictjson.loads(bytes(body), "event")
+        except strictjson.Refused as exc:
+            reason = exc.message.removeprefix("event is ")
+            raise MalformedEvent(f"{reason} {exc.fields}" if exc.fields else reason)
     if not isinstance(body, dict):
         raise MalformedEvent("an event must be a JSON object")
     try:

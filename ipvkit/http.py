@@ -12,25 +12,29 @@ import logging
 import re
 import time
 import uuid
+from collections import Counter
 from functools import partial
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
+from urllib.parse import parse_qsl
 
+from eventlet import wsgi
 from eventlet.event import Event
 from kombu import Connection
 from marshmallow import ValidationError
 from nameko.web.handlers import HttpRequestHandler
-from nameko.web.server import WebServer, WsgiApp
+from nameko.web.server import HttpOnlyProtocol, WebServer, WsgiApp
 from pymongo.errors import ConnectionFailure, DuplicateKeyError
 from werkzeug.exceptions import HTTPException
 from werkzeug.wrappers import Request, Response
 
-from ipvkit import logs, metrics
+from ipvkit import logs, metrics, strictjson
 from ipvkit.auth import principal_from_header, require_role, verifier_for
 from ipvkit.clock import SystemClock
-from ipvkit.errors import ApiError, BadRequest, Conflict, PayloadTooLarge, RuleRefused
+from ipvkit.errors import ApiError, BadRequest, Conflict, PayloadTooLarge, RuleRefused, UnsupportedMediaType
 from ipvkit.events import new_event
 from ipvkit.storage import IDEMPOTENCY, MongoStore
+from ipvkit.text import printable, text_problem
 
 log = logging.getLogger(__name__)
 
@@ -50,8 +54,11 @@ def _json_default(value):
 
 
 def json_response(status, payload, headers=None):
-    return Response(json.dumps(payload, ensure_ascii=False, default=_json_default), status=status,
-                    headers=headers, mimetype="application/json")
+    try:
+        body = json.dumps(payload, ensure_ascii=False, default=_json_default).encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate got this far: \u escapes keep the answer valid JSON
+        body = json.dumps(payload, ensure_ascii=True, default=_json_default).encode("ascii")
+    return Response(body, status=status, headers=headers, mimetype="application/json")
 
 
 def error_response(exc):
@@ -76,6 +83,37 @@ def _refuse_huge_integers(data, where):
     huge = _huge_integers(data)
     if huge:
         raise BadRequest(f"invalid {where}", fields={p: [f"must lie within ±{INT64_MAX} (64-bit)"] for p in huge})
+
+
+def _path_values(request):
+    """The route's path parameters, refused unless UTF-8 text a person could have typed (werkzeug
+    turns bytes that are not UTF-8 into U+FFFD, and lets %00 through)."""
+    try:
+        request.environ.get("PATH_INFO", "").encode("latin-1").decode("utf-8")
+    except UnicodeError:
+        raise BadRequest("the path is not UTF-8", fields={"path": ["not UTF-8"]})
+    values = dict(request.path_values)
+    problems = {name: [problem] for name, value in values.items()
+                if isinstance(value, str) and (problem := text_problem(value))}
+    if problems:
+        raise BadRequest("invalid path", fields=problems)
+    return values
+
+
+def _query(request):
+    """The query string as {name: value}: UTF-8 only, each name once (with `?a=1&a=2`, which one
+    counts would depend on who reads it)."""
+    try:
+        pairs = parse_qsl(request.environ.get("QUERY_STRING", ""), keep_blank_values=True,
+                          encoding="utf-8", errors="strict")
+    except UnicodeDecodeError:
+        raise BadRequest("the query string is not UTF-8", fields={"query": ["not UTF-8"]})
+    counts = Counter(name for name, _ in pairs)
+    twice = sorted(name for name, n in counts.items() if n > 1)
+    if twice:
+        raise BadRequest("a query parameter appears more than once",
+                         fields={printable(name): ["appears more than once"] for name in twice})
+    return dict(pairs)
 
 
 @dataclass
@@ -120,20 +158,69 @@ class _JsonWsgiApp(WsgiApp):
         return response(environ, start_response)
 
 
+class _JsonProtocol(HttpOnlyProtocol):
+    """eventlet answers a request it cannot read (request line or a header too long, a bad
+    Content-Length, a malformed request line) with an empty or HTML body of its own, before any
+    route sees it; the API promises JSON in its one error shape for every answer."""
+
+    ERRORS = {400: "invalid_request", 414: "uri_too_long", 431: "headers_too_large", 505: "invalid_request"}
+
+    def _json_error(self, status, message):
+        body = json.dumps({"error": self.ERRORS.get(status, "invalid_request"), "message": message}).encode()
+        self.wfile.write(b"HTTP/1.1 %d %s\r\nContent-Type: application/json\r\nContent-Length: %d\r\n"
+                         b"Connection: close\r\n\r\n%s" % (status, self.responses.get(status, ("Error",))[0].encode(),
+                                                            len(body), body))
+        self.close_connection = 1
+
+    def _read_request_line(self):
+        line = super()._read_request_line()
+        if len(line) >= self.server.url_length_limit:
+            self._json_error(414, f"the request line is over {self.server.url_length_limit} bytes")
+            return b""  # eventlet then closes the connection without its own answer
+        return line
+
+    def parse_request(self):
+        try:
+            parsed = super().parse_request()
+        except (wsgi.HeaderLineTooLong, wsgi.HeadersTooLarge):
+            self._json_error(431, "the request headers are too large")
+            return False
+        if not parsed:
+            return False
+        length = self.headers.get("content-length")
+        if length is not None and not length.strip().isdigit():
+            self._json_error(400, "Content-Length is not a non-negative integer")
+            return False
+        if length is not None and self.headers.get("transfer-encoding") is not None:
+            self._json_error(400, "Content-Length and Transfer-Encoding are not allowed together")
+            return False
+        return True
+
+    def send_error(self, code, message=None, explain=None):
+        """http.server's answer to a malformed request line or version (an HTML page otherwise)."""
+        self.log_error("code %d, message %s", code, message)
+        self._json_error(code, "the request is malformed")
+
+
 class _JsonWebServer(WebServer):
     def get_wsgi_app(self):
         return _JsonWsgiApp(self)
+
+    def get_wsgi_server(self, sock, wsgi_app, protocol=_JsonProtocol, debug=False):
+        return super().get_wsgi_server(sock, wsgi_app, protocol=protocol, debug=debug)
 
 
 class ApiHandler(HttpRequestHandler):
     server = _JsonWebServer()  # every handler of a service must share it: OpsHandler too
 
-    def __init__(self, method, url, *, roles, body=None, query=None, response=None, status=200,
-                 summary="", **kwargs):
+    def __init__(self, method, url, *, roles, body=None, query=None, response=None, other_types=(), status=200,
+                 summary="", unverified=False, **kwargs):
         self.roles = tuple(roles)
+        self.unverified = unverified  # also for enterprise accounts an officer has not verified yet
         self.body_schema = body
         self.query_schema = query
         self.response_schema = response
+        self.other_types = tuple(other_types)  # media types the route may answer instead of JSON (CSV, NDJSON)
         self.status = status
         self.summary = summary
         super().__init__(method, url, **kwargs)
@@ -178,16 +265,19 @@ class ApiHandler(HttpRequestHandler):
         principal = None
         if self.roles != PUBLIC:
             principal = principal_from_header(self.verifier, request.headers.get("Authorization"))
-            require_role(principal, *self.roles)
-        call = Call(principal=principal, path=dict(request.path_values), correlation_id=correlation_id)
+            require_role(principal, *self.roles, unverified=self.unverified)
+        key = request.headers.get("Idempotency-Key") if self.method in WRITE_METHODS and principal else None
+        if key is not None and not IDEMPOTENCY_KEY.match(key):
+            raise BadRequest("Idempotency-Key must be 1-128 characters of A-Z a-z 0-9 . _ : -",
+                             fields={"Idempotency-Key": ["invalid"]})
+        call = Call(principal=principal, path=_path_values(request), correlation_id=correlation_id)
         _refuse_huge_integers(call.path, "path")
-        call.query = self._load(self.query_schema, request.args.to_dict(flat=True), "query")
+        call.query = self._load(self.query_schema, _query(request), "query")
         raw = b""
         if self.body_schema is not None:
             raw = self._read_body(request)
-            call.body = self._load(self.body_schema, self._parse_json(raw), "body")
-        key = request.headers.get("Idempotency-Key")
-        if key is not None and self.method in WRITE_METHODS and principal is not None:
+            call.body = self._load(self.body_schema, self._parse_json(raw, request), "body")
+        if key is not None:
             return self._idempotent(call, key, raw, request)
         return self._run(call)
 
@@ -216,13 +306,15 @@ class ApiHandler(HttpRequestHandler):
         return raw
 
     @staticmethod
-    def _parse_json(raw):
+    def _parse_json(raw, request):
         if not raw.strip():
-            raise BadRequest("a JSON body is required")
+            raise BadRequest("a JSON body is required (Content-Type: application/json)")
+        if request.mimetype != "application/json" or request.mimetype_params.get("charset", "utf-8").lower() != "utf-8":
+            raise UnsupportedMediaType("the body must be sent as Content-Type: application/json (UTF-8)")
         try:
-            data = json.loads(raw)
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise BadRequest(f"body is not valid JSON: {exc}")
+            data = strictjson.loads(raw)
+        except strictjson.Refused as exc:
+            raise BadRequest(exc.message, fields=exc.fields)
         if not isinstance(data, dict):
             raise BadRequest("body must be a JSON object")
         return data
@@ -240,9 +332,6 @@ class ApiHandler(HttpRequestHandler):
 
     # -- Idempotency-Key ---------------------------------------------------------------------
     def _idempotent(self, call, key, raw, request):
-        if not IDEMPOTENCY_KEY.match(key):
-            raise BadRequest("Idempotency-Key must be 1-128 characters of A-Z a-z 0-9 . _ : -",
-                             fields={"Idempotency-Key": ["invalid"]})
         keys = self.store.db[IDEMPOTENCY]
         now = self.clock.now()
         fingerprint = hashlib.sha256(b"%s %s\n%s" % (self.method.encode(), request.path.encode(), raw)).hexdigest()

@@ -28,6 +28,10 @@ DEAD_LETTERS = Counter(
     "ipv_dead_letters_total", "Messages moved to a dead-letter queue", ["service", "consumer", "reason"])
 OUTBOX_BACKLOG = Gauge(
     "ipv_outbox_backlog_documents", "Aggregates with events not yet published", ["service", "collection"])
+DB_COMMANDS = Counter(
+    "ipv_db_commands_total", "Database commands sent, by collection, kind (read, write) and whether the "
+    "store can find the documents by `_id` or must scan the collection for them",
+    ["service", "collection", "kind", "access"])
 
 
 def exposition():

@@ -10,7 +10,8 @@ from ipvkit.http import PUBLIC, WRITE_METHODS, ApiHandler
 
 ERRORS = {400: "Invalid input; `fields` names each bad field", 401: "Missing or invalid bearer token",
           403: "Wrong role, or not your record", 404: "Not found", 409: "Conflict with the current state",
-          413: "Body too large", 422: "A rule refused the request; `rule` names it",
+          413: "Body too large", 415: "The body is not sent as application/json (UTF-8)",
+          422: "A rule refused the request; `rule` names it",
           503: "The database or the identity provider is unavailable; retry"}
 
 
@@ -45,6 +46,7 @@ def build_spec(container):
     for ep in sorted(api_routes(container), key=lambda e: (e.url, e.method)):
         operation = {"operationId": ep.method_name, "summary": ep.summary or ep.method_name.replace("_", " "),
                      "tags": [container.service_name], "parameters": [], "responses": {}}
+        codes = [400, 404, 503]
         for converter, name in re.findall(r"<(?:([^:<>]+):)?([^<>]+)>", ep.url):
             # werkzeug's int converter matches only digits: anything else never reaches the route.
             schema = {"type": "integer", "minimum": 0} if converter == "int" else {"type": "string"}
@@ -54,11 +56,13 @@ def build_spec(container):
         if ep.body_schema is not None:
             operation["requestBody"] = {"required": True,
                                         "content": {"application/json": {"schema": ep.body_schema}}}
+            codes.append(415)
         ok = {"description": "OK"}
         if ep.response_schema is not None:
             ok["content"] = {"application/json": {"schema": ep.response_schema}}
+        for media_type in ep.other_types:
+            ok.setdefault("content", {})[media_type] = {"schema": {"type": "string"}}
         operation["responses"][str(ep.status)] = ok
-        codes = [400, 404, 503]
         if ep.roles != PUBLIC:
             operation["security"] = [{"bearer": []}]
             codes += [401, 403]

@@ -4,6 +4,7 @@ where to look. Every write carries a fixed Idempotency-Key, so running it again 
 The story: two qualified enterprises, two agencies (one rated A+ by a bonus, one C, below the line),
 an open 玉环-style programme, a voucher, and one order taken all the way to payment, one left open."""
 import json
+import os
 import sys
 import time
 import urllib.error
@@ -52,6 +53,9 @@ PROGRAMME = {
     ]}
 EVIDENCE = {"contract_ref": "HT-2026-DEMO-1", "invoice_no": "33000261-0001", "payment_proof_ref": "BANK-DEMO-1",
             "official_no": None, "deliverable_sha256": "5" * 64}
+
+
+PORT_BASE = int(os.environ.get("IPV_SERVICE_PORT_BASE") or 8100)   # as scripts/services.sh
 
 
 class Api:
@@ -110,7 +114,7 @@ def main(base):
     order = {"voucher_id": vid, "agency_id": GOOD_AGENCY, "service_code": "PAT-01", "price_fen": 1_200_000,
              "deliver_by": "2026-12-31"}
     paid = api("enterprise", enterprise, "POST", "/api/v1/orders", order, key="order-paid",
-               retry_rules=("agency_unknown", "agency_not_eligible"))
+               retry_rules=("agency_unknown", "agency_below_rating_line"))
     oid = paid["order_id"]
     api("agency", GOOD_AGENCY, "POST", f"/api/v1/orders/{oid}/deliver", EVIDENCE, key="deliver")
     api("enterprise", enterprise, "POST", f"/api/v1/orders/{oid}/confirm", key="confirm")
@@ -126,7 +130,7 @@ order {oid} paid to agency {GOOD_AGENCY}, order {open_order['order_id']} open.
 
   Portal:     {base}/   (open it in a browser; sign in as a demo user)
   API base:   {base}/api/v1   (OpenAPI per service: {base}/api/v1/openapi/<enterprises|providers|vouchers|audit>.json)
-  Metrics:    http://127.0.0.1:8101/metrics .. :8104/metrics   (enterprises, providers, vouchers, audit)
+  Metrics:    http://127.0.0.1:{PORT_BASE + 1}/metrics .. :{PORT_BASE + 4}/metrics   (enterprises, providers, vouchers, audit)
   Logs:       var/run/*.log
 
 Try (make token signs in to Keycloak as a user of that role, with the TOTP code for staff):

@@ -1,28 +1,47 @@
 #!/usr/bin/env bash
 # Starts or stops every service and the local ingress (nginx on $PORT, default 8000, routing
-# /api/v1/<area> to the owning service as the Kubernetes Ingress does).
-#   scripts/services.sh start|stop|status
+# /api/v1/<area> to the owning service as the Kubernetes Ingress does). Services listen on
+# IPV_SERVICE_PORT_BASE+1.. (default 8101-8104), so two checkouts on one machine can run side by side.
+#   scripts/services.sh start|stop|status|ingress   (ingress: only (re)start nginx)
 source "$(dirname "$0")/common.sh"
 source "$VAR/env"
 
 PORT=${PORT:-8000}
 RUN=$VAR/run
-# service name, its HTTP port, and the API areas (path prefixes under /api/v1/) it owns
+# service name, its HTTP port (with the default base 8100; the manifests use these), and the API areas
+# (path prefixes under /api/v1/) it owns
 SERVICES=(
   "enterprises 8101 enterprises"
   "providers 8102 agencies recommendations"
   "vouchers 8103 programmes vouchers orders claims"
   "audit 8104 audit"
 )
-# The ports above are for base 8100; another checkout on the same machine sets IPV_SERVICE_PORT_BASE and
-# every service (and the portal, BASE+6) moves with it.
-BASE=${IPV_SERVICE_PORT_BASE:-8100}
-for i in "${!SERVICES[@]}"; do
-  read -r name port areas <<<"${SERVICES[$i]}"
-  SERVICES[$i]="$name $((port - 8100 + BASE)) $areas"
-done
+apply_port_base() {  # the table with IPV_SERVICE_PORT_BASE applied to its ports
+  local i
+  for i in "${!SERVICES[@]}"; do
+    set -- ${SERVICES[$i]}
+    SERVICES[$i]="$1 $(($2 - 8100 + ${IPV_SERVICE_PORT_BASE:-8100})) ${*:3}"
+  done
+}
+apply_port_base
+# What nginx itself answers (a body over the limit, a malformed request, a service down) is JSON in the
+# API's one error shape too: code, error, message (494 is nginx's own code for headers too large).
+INGRESS_ERRORS=(
+  "400 400 invalid_request the request is malformed"
+  "404 404 not_found no such route"
+  "405 405 method_not_allowed this method is not allowed here"
+  "408 408 request_timeout the request did not arrive in time"
+  "413 413 payload_too_large the request body is over 1 MB"
+  "414 414 uri_too_long the request line is too long"
+  "494 431 headers_too_large the request headers are too large"
+  "431 431 headers_too_large the request headers are too large"
+  "500 500 internal_error internal error"
+  "502 502 unavailable the service is unavailable; retry"
+  "503 503 unavailable the service is unavailable; retry"
+  "504 504 unavailable the service did not answer in time; retry"
+)
 # The portal (server-rendered pages at /, calling the API through the ingress) runs under gunicorn.
-PORTAL_PORT=$((BASE + 6))
+PORTAL_PORT=$((${IPV_SERVICE_PORT_BASE:-8100} + 6))
 
 start() {
   mkdir -p "$RUN"
@@ -86,7 +105,9 @@ start_ingress() {
     echo "http {"
     echo "  access_log off; client_body_temp_path $RUN/nginx-tmp; proxy_temp_path $RUN/nginx-tmp;"
     echo "  fastcgi_temp_path $RUN/nginx-tmp; uwsgi_temp_path $RUN/nginx-tmp; scgi_temp_path $RUN/nginx-tmp;"
-    echo "  client_max_body_size 1m;"
+    # Bodies up to the limit stay in memory and answers stream through: nginx's workers run as another user
+    # when started by root and could not write temp files under var/ (a 100 KB body answered 500).
+    echo "  client_max_body_size 1m; client_body_buffer_size 1m; proxy_max_temp_file_size 0;"
     for entry in "${SERVICES[@]}"; do
       set -- $entry
       echo "  upstream $1 { server 127.0.0.1:$2; keepalive 32; }"
@@ -104,6 +125,15 @@ start_ingress() {
     echo "    location /api/ { default_type application/json; return 404 '{\"error\":\"not_found\",\"message\":\"no such route\"}'; }"
     # The portal's uploads pass through to the documents API, so its body limit is the documents one.
     echo "    location / { client_max_body_size 25m; proxy_set_header X-Forwarded-For \$remote_addr; proxy_pass http://portal; }"
+    for entry in "${INGRESS_ERRORS[@]}"; do
+      set -- $entry
+      local code=$1 status=$2 error=$3; shift 3
+      # A URI, not a named location: nginx cannot redirect a request whose line it failed to read to one.
+      echo "    error_page $code =$status /_ingress_error/$code;"
+      echo "    location = /_ingress_error/$code { internal; default_type application/json;"
+      [ "$status" -lt 502 ] || echo "      add_header Retry-After 1 always;"
+      echo "      return $status '{\"error\":\"$error\",\"message\":\"$*\"}'; }"
+    done
     echo "  }"
     echo "}"
   } >"$conf"
@@ -154,5 +184,6 @@ case "${1:-}" in
   start) start ;;
   stop) stop ;;
   status) status ;;
-  *) echo "usage: $0 start|stop|status" >&2; exit 2 ;;
+  ingress) mkdir -p "$RUN"; start_ingress ;;
+  *) echo "usage: $0 start|stop|status|ingress" >&2; exit 2 ;;
 esac

@@ -187,6 +187,7 @@ export KEYCLOAK_URL='$(keycloak_url)'
 export OIDC_ISSUER='$(keycloak_url)/realms/ipv'
 export OIDC_AUDIENCE=ipv-api
 export IPV_KEYCLOAK_DIR='$KC_DIR'
+export IDENTITY_CLIENT_SECRET="\$(cat '$KC_DIR/tooling-secret' 2>/dev/null)"
 ENV
 }
 

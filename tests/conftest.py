@@ -141,6 +141,20 @@ class EventTap:
         finally:
             deadline.cancel()
 
+    def take(self, count, timeout=60, quiet=0.5):
+        """The next `count` events however long a slow machine takes to publish them (failing only
+        after `timeout`), then whatever else arrives within `quiet` seconds, so one too many shows."""
+        got, end = [], eventlet.hubs.get_hub().clock() + timeout
+        while len(got) < count:
+            if eventlet.hubs.get_hub().clock() > end:
+                raise AssertionError(f"only {len(got)} of {count} events arrived within {timeout}s: {got}")
+            message = self.queue(self.conn.default_channel).get(no_ack=True)
+            if message is None:
+                eventlet.sleep(0.05)
+            else:
+                got.append(parse(message.body))
+        return got + self.drain(quiet)
+
     def drain(self, seconds=1.0):
         got, end = [], eventlet.hubs.get_hub().clock() + seconds
         while eventlet.hubs.get_hub().clock() < end:

@@ -1,3 +1,3 @@
 """Every event type's data schema, by producer, so producers and consumers validate one shape.
 Importing this package registers them all."""
-from ipvkit.contracts import audit, enterprise, provider, voucher  # noqa: F401
+from ipvkit.contracts import audit, enterprise, identity, provider, voucher  # noqa: F401

@@ -11,6 +11,7 @@ from marshmallow import Schema, fields, validate
 from ipvkit.contracts.common import ID, REGION, TIERS, CreditCode
 from ipvkit.contracts.provider import AGENCY_KINDS, SERVICE_CODE
 from ipvkit.events import register
+from ipvkit.text import Text
 
 FEN = validate.Range(0, 10**13)  # 100 billion RMB: far above any programme, far below float trouble
 POSITIVE_FEN = validate.Range(1, 10**13)
@@ -25,35 +26,35 @@ def fen(**kw):
 
 
 class TierTerms(Schema):
-    tier = fields.String(required=True, validate=validate.OneOf(TIERS))
+    tier = Text(required=True, validate=validate.OneOf(TIERS))
     face_value_fen = fields.Integer(required=True, strict=True, validate=POSITIVE_FEN)
     annual_cap_fen = fields.Integer(required=True, strict=True, validate=POSITIVE_FEN)
 
 
 class CatalogueItem(Schema):
-    service_code = fields.String(required=True, validate=SERVICE_CODE)
-    name = fields.String(required=True, validate=validate.Length(1, 200))
+    service_code = Text(required=True, validate=SERVICE_CODE)
+    name = Text(required=True, validate=validate.Length(1, 200))
     subsidy_ratio_bp = fields.Integer(required=True, strict=True, validate=validate.Range(1, 10000))  # basis points
     item_cap_fen = fields.Integer(required=True, strict=True, validate=POSITIVE_FEN)
-    agency_kinds = fields.List(fields.String(validate=validate.OneOf(AGENCY_KINDS)), required=True,
+    agency_kinds = fields.List(Text(validate=validate.OneOf(AGENCY_KINDS)), required=True,
                                validate=validate.Length(1, 3))
-    barred_reason = fields.String(load_default=None, allow_none=True, validate=validate.Length(1, 500))
+    barred_reason = Text(multiline=True, load_default=None, allow_none=True, validate=validate.Length(1, 500))
 
 
 class _Programme(Schema):
-    programme_id = fields.String(required=True, validate=ID)
+    programme_id = Text(required=True, validate=ID)
 
 
 @register("programme.created", 1)
 class ProgrammeCreated(_Programme):
-    name = fields.String(required=True, validate=validate.Length(1, 200))
-    region = fields.String(required=True, validate=REGION)
-    fund_source = fields.String(required=True, validate=validate.Length(1, 64))
+    name = Text(required=True, validate=validate.Length(1, 200))
+    region = Text(required=True, validate=REGION)
+    fund_source = Text(required=True, validate=validate.Length(1, 64))
     budget_fen = fields.Integer(required=True, strict=True, validate=POSITIVE_FEN)
     opens_on = fields.Date(required=True)
     closes_on = fields.Date(required=True)
     validity_days = fields.Integer(required=True, strict=True, validate=validate.Range(1, 3660))
-    redemption_model = fields.String(required=True, validate=validate.OneOf(REDEMPTION_MODELS))
+    redemption_model = Text(required=True, validate=validate.OneOf(REDEMPTION_MODELS))
     tiers = fields.List(fields.Nested(TierTerms), required=True, validate=validate.Length(1, 10))
     catalogue = fields.List(fields.Nested(CatalogueItem), required=True, validate=validate.Length(1, 500))
 
@@ -75,13 +76,13 @@ class ProgrammeClosed(_Programme):
 
 
 class _Voucher(_Programme):
-    voucher_id = fields.String(required=True, validate=ID)
+    voucher_id = Text(required=True, validate=ID)
     enterprise_id = CreditCode(required=True)
 
 
 @register("voucher.issued", 1)
 class VoucherIssued(_Voucher):
-    tier = fields.String(required=True, validate=validate.OneOf(TIERS))
+    tier = Text(required=True, validate=validate.OneOf(TIERS))
     face_value_fen = fields.Integer(required=True, strict=True, validate=POSITIVE_FEN)
     valid_from = fields.Date(required=True)
     valid_to = fields.Date(required=True)
@@ -96,39 +97,39 @@ class VoucherExpired(_Voucher):
 
 @register("voucher.revoked", 1)
 class VoucherRevoked(_Voucher):
-    reason = fields.String(required=True, validate=validate.Length(1, 500))
+    reason = Text(multiline=True, required=True, validate=validate.Length(1, 500))
     returned_fen = fen(required=True)
     held_fen = fen(required=True)
 
 
 class _Order(_Voucher):
-    order_id = fields.String(required=True, validate=ID)
-    agency_id = fields.String(required=True, validate=ID)
+    order_id = Text(required=True, validate=ID)
+    agency_id = Text(required=True, validate=ID)
 
 
 @register("order.placed", 1)
 class OrderPlaced(_Order):
-    service_code = fields.String(required=True, validate=SERVICE_CODE)
+    service_code = Text(required=True, validate=SERVICE_CODE)
     price_fen = fields.Integer(required=True, strict=True, validate=POSITIVE_FEN)
     subsidy_fen = fen(required=True)
     copay_fen = fen(required=True)
-    redemption_model = fields.String(required=True, validate=validate.OneOf(REDEMPTION_MODELS))
+    redemption_model = Text(required=True, validate=validate.OneOf(REDEMPTION_MODELS))
     deliver_by = fields.Date(required=True)
 
 
 @register("order.cancelled", 1)
 class OrderCancelled(_Order):
-    reason = fields.String(required=True, validate=validate.Length(1, 500))
+    reason = Text(multiline=True, required=True, validate=validate.Length(1, 500))
     released_fen = fen(required=True)
-    released_to = fields.String(required=True, validate=validate.OneOf(RELEASED_TO))
+    released_to = Text(required=True, validate=validate.OneOf(RELEASED_TO))
 
 
 class Evidence(Schema):
-    contract_ref = fields.String(required=True, validate=validate.Length(1, 128))
-    invoice_no = fields.String(required=True, validate=validate.Length(1, 64))
-    payment_proof_ref = fields.String(required=True, validate=validate.Length(1, 128))
-    official_no = fields.String(load_default=None, allow_none=True, validate=validate.Length(1, 64))
-    deliverable_sha256 = fields.String(required=True, validate=SHA256)
+    contract_ref = Text(required=True, validate=validate.Length(1, 128))
+    invoice_no = Text(required=True, validate=validate.Length(1, 64))
+    payment_proof_ref = Text(required=True, validate=validate.Length(1, 128))
+    official_no = Text(load_default=None, allow_none=True, validate=validate.Length(1, 64))
+    deliverable_sha256 = Text(required=True, validate=SHA256)
 
 
 @register("order.delivered", 1)
@@ -146,28 +147,28 @@ class OrderConfirmed(_Order):
 
 @register("order.disputed", 1)
 class OrderDisputed(_Order):
-    reason = fields.String(required=True, validate=validate.Length(1, 500))
+    reason = Text(multiline=True, required=True, validate=validate.Length(1, 500))
 
 
 @register("order.dispute_resolved", 1)
 class DisputeResolved(_Order):
     upheld = fields.Boolean(required=True)  # upheld = the enterprise was right: the hold is released
-    resolution = fields.String(required=True, validate=validate.Length(1, 500))
+    resolution = Text(multiline=True, required=True, validate=validate.Length(1, 500))
     released_fen = fen(required=True)
-    released_to = fields.String(required=True, allow_none=True, validate=validate.OneOf(RELEASED_TO))
+    released_to = Text(required=True, allow_none=True, validate=validate.OneOf(RELEASED_TO))
 
 
 class _Claim(_Order):
-    claim_id = fields.String(required=True, validate=ID)
+    claim_id = Text(required=True, validate=ID)
     amount_fen = fields.Integer(required=True, strict=True, validate=POSITIVE_FEN)
 
 
 @register("claim.submitted", 1)
 class ClaimSubmitted(_Claim):
-    payee_role = fields.String(required=True, validate=validate.OneOf(PAYEE_ROLES))
-    payee_id = fields.String(required=True, validate=ID)
-    invoice_no = fields.String(required=True, validate=validate.Length(1, 64))
-    deliverable_sha256 = fields.String(required=True, validate=SHA256)
+    payee_role = Text(required=True, validate=validate.OneOf(PAYEE_ROLES))
+    payee_id = Text(required=True, validate=ID)
+    invoice_no = Text(required=True, validate=validate.Length(1, 64))
+    deliverable_sha256 = Text(required=True, validate=SHA256)
 
 
 @register("claim.approved", 1)
@@ -177,14 +178,14 @@ class ClaimApproved(_Claim):
 
 @register("claim.rejected", 1)
 class ClaimRejected(_Claim):
-    reason = fields.String(required=True, validate=validate.Length(1, 500))
+    reason = Text(multiline=True, required=True, validate=validate.Length(1, 500))
     released_fen = fen(required=True)
-    released_to = fields.String(required=True, validate=validate.OneOf(RELEASED_TO))
+    released_to = Text(required=True, validate=validate.OneOf(RELEASED_TO))
 
 
 @register("claim.paid", 1)
 class ClaimPaid(_Claim):
-    payee_role = fields.String(required=True, validate=validate.OneOf(PAYEE_ROLES))
-    payee_id = fields.String(required=True, validate=ID)
-    payment_ref = fields.String(required=True, validate=validate.Length(1, 128))
+    payee_role = Text(required=True, validate=validate.OneOf(PAYEE_ROLES))
+    payee_id = Text(required=True, validate=ID)
+    payment_ref = Text(required=True, validate=validate.Length(1, 128))
     paid_on = fields.Date(required=True)

@@ -1,1 +1,2 @@
-"""The audit service: not built yet (see the open issues)."""
+"""The audit service: the hash-chained ledger of every event with signed checkpoints, fund-use reports,
+reconciliation and red flags."""

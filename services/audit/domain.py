@@ -218,16 +218,29 @@ def concentration(group, agency_id, total, of_agency, orders, thresholds):
                 [(o["position"], o["event_id"]) for o in orders])
 
 
-def claims_at_cap(claims, thresholds):
-    """An agency claiming exactly the item cap again and again in one programme."""
-    if len(claims) < thresholds.cap_claims_min:
+def claims_at_cap(claims, thresholds, count=None):
+    """An agency claiming exactly the item cap again and again in one programme. `claims`: the
+    first of them (evidence); `count`: how many in all (default: as many as `claims`)."""
+    count = len(claims) if count is None else count
+    if count < thresholds.cap_claims_min:
         return None
     first = claims[0]
     return flag("claims_at_cap", (first["agency"], first["programme"]),
-                f"agency {first['agency']} claimed exactly the item cap {len(claims)} times in programme "
+                f"agency {first['agency']} claimed exactly the item cap {count} times in programme "
                 f"{first['programme']}",
                 {"agency_id": first["agency"], "programme_id": first["programme"]},
                 [(c["position"], c["event_id"]) for c in claims])
+
+
+def ledger_tampered(problems, event_ids, head_size):
+    """The red flag for a ledger that failed the check before a checkpoint was signed: every
+    position named, the events still stored at them (`event_ids`: position -> event id)."""
+    positions = sorted({p["position"] for p in problems})
+    named = "; ".join(f"{p['kind']} at {p['position']}" for p in problems)
+    return {"_id": anomaly_id("ledger_tampered", named), "rule": "ledger_tampered",  # the same damage: one flag
+            "summary": f"the ledger of {head_size} entries failed verification, no checkpoint signed: {named}"[:1000],
+            "subject": {"head_size": head_size}, "ledger_positions": positions[:1000],
+            "evidence_event_ids": [event_ids[p] for p in positions if p in event_ids][:1000]}
 
 
 def window_start(occurred_at_iso, days):

@@ -162,11 +162,16 @@ def consistency_ok(older, newer, proof):
 
 
 # -- verification ---------------------------------------------------------------------------------
-def verify(entries, checkpoints=(), public_pem=None, head_size=None):
+def verify(entries, checkpoints=(), public_pem=None, head_size=None, head_hash=None, after=None):
     """Checks entries (dicts with position, event, prev_hash, hash; in stored position order)
     against themselves, the signed checkpoints and the head. Returns (leaves, problems): each
     problem is {kind, position, detail}, kind one of modified, deleted, inserted, reordered,
-    checkpoint (root or signature wrong) — the first four name the position of the entry."""
+    broken_link, checkpoint (root or signature wrong) — the others name the position of an entry.
+    A broken link has two sides, both named: an entry whose content was changed and its own hash
+    recomputed is `modified`, and the next one, still chained to the old hash, `broken_link`.
+    `after` = (size, chain hash) of a checkpoint already verified: the entries then start at
+    position `size`, chained from that hash (the checkpoints given must lie within them)."""
+    start_position, start_hash = after or (0, GENESIS)
     problems = {}
 
     def report(kind, position, detail):
@@ -178,7 +183,7 @@ def verify(entries, checkpoints=(), public_pem=None, head_size=None):
     for index, entry in enumerate(entries):
         by_hash.setdefault(entry["hash"], index)
         referenced.add(entry["prev_hash"])
-    expected_position = 0
+    expected_position = start_position
     inserted = set()
     for index, entry in enumerate(entries):
         position = entry["position"]
@@ -191,13 +196,17 @@ def verify(entries, checkpoints=(), public_pem=None, head_size=None):
         if chain_hash(entry["prev_hash"], encoded) != entry["hash"]:
             report("modified", position, "the entry's content no longer matches its hash")
         before = entries[index - 1] if index else None
-        if entry["prev_hash"] == (before["hash"] if before else GENESIS):
+        if entry["prev_hash"] == (before["hash"] if before else start_hash):
             continue
         source = by_hash.get(entry["prev_hash"])
-        if source is None and entry["prev_hash"] != GENESIS:
+        if source is None and entry["prev_hash"] != start_hash:
             if (position - 1, "deleted") not in problems:
-                report("deleted", position, f"the entry before position {position} is missing "
-                                            "(deleted, or rewritten with a new hash)")
+                report("broken_link", position, f"chained to a hash no entry has: the entry before it (position "
+                                                f"{position - 1}) was rewritten, or one after that was removed")
+                if before is not None:
+                    report("modified", before["position"], f"position {position} was chained to another hash of "
+                                                           "this entry: its content and hash were rewritten (or the "
+                                                           "entries after it removed and renumbered)")
         elif (before is not None and before["hash"] not in referenced and index >= 2
               and source == index - 2):
             inserted.add(before["position"])
@@ -206,6 +215,10 @@ def verify(entries, checkpoints=(), public_pem=None, head_size=None):
             # An entry whose own predecessor was moved is in place: only the moved ones are named.
             origin = entries[source]["position"] if source is not None else "the start"
             report("reordered", position, f"this entry followed position {origin} when it was appended")
+    if head_hash is not None and entries and expected_position == head_size and entries[-1]["hash"] != head_hash:
+        last = entries[-1]["position"]
+        report("modified", last, "the head was chained to another hash of this entry: its content and hash "
+                                 "were rewritten")
     if head_size is not None and expected_position < head_size:
         for missing in range(expected_position, head_size):
             report("deleted", missing, f"the head counts {head_size} entries; position {missing} is gone")

@@ -5,3 +5,5 @@ LEDGER_ENTRIES = Gauge("ipv_audit_ledger_entries", "Entries in the audit ledger 
 LAG = Histogram("ipv_audit_lag_seconds", "From an event's occurred_at to its append to the ledger",
                 buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300))
 ANOMALIES = Counter("ipv_audit_anomalies_total", "Red flags raised, by rule", ["rule"])
+LEDGER_PROBLEMS = Gauge("ipv_audit_ledger_problems", "Problems the last check before signing a checkpoint found in "
+                        "the ledger (0: it verified); while above 0 no checkpoint is signed")

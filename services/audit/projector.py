@@ -2,11 +2,12 @@
 (what later events are grouped by), facts (reports, reconciliation) and red flags.
 
 Applying an entry twice changes nothing (facts and flags have ids derived from the entry, the
-dimensions are overwritten with the same values), so a crash between applying an entry and
-moving the cursor is safe. One pod at a time holds the cursor's lease, so rules see the ledger
-in its own order whatever pod appended what.
+tallies count a position once, the dimensions are overwritten with the same values in the same
+order), so a crash between applying entries and moving the cursor is safe. One pod at a time
+holds the cursor's lease, so rules see the ledger in its own order whatever pod appended what.
 """
 import logging
+import time
 from datetime import timedelta
 
 from ipvkit.events import new_event
@@ -17,28 +18,48 @@ from services.audit.storage import (AGENCIES, CAP_CLAIMS, ENTERPRISES, EVIDENCE,
 log = logging.getLogger(__name__)
 
 LEASE = timedelta(seconds=30)
+RUN_FOR = timedelta(seconds=5)
 BATCH = 500
+SAVE_EVERY = 20
 
 
 def run(repo, now, thresholds):
-    """Applies every entry not yet applied (up to BATCH per lease). Returns how many it applied."""
+    """Applies every entry not yet applied (up to BATCH per lease). Returns how many it applied.
+    Takes the lease only when there is work, and one run at a time per process: an append's nudge
+    during a run is picked up by that run, which reads the head again before it stops."""
+    if repo.projector_position() >= repo.head()["size"] or not repo.store.projecting.acquire(blocking=False):
+        return 0
+    try:
+        return _run(repo, now, thresholds)
+    finally:
+        repo.store.projecting.release()
+
+
+def _run(repo, now, thresholds):
+    """The cursor moves every SAVE_EVERY entries and when the run ends (with the lease's release):
+    a crash re-applies at most that many, which changes nothing. A run stops after RUN_FOR, well
+    inside its lease, so two pods never build at once and what it raises is dated close to now."""
     position = repo.claim_projector(now, LEASE)
     if position is None:
         return 0
-    applied = 0
+    started = time.monotonic()
+    applied, saved, ends = 0, position, started + RUN_FOR.total_seconds()
     try:
         size = repo.head()["size"]
-        while position < size and applied < BATCH:
-            entry = repo.unprojected(position)
+        while applied < BATCH and time.monotonic() < ends:
+            if position >= size and position >= (size := repo.head()["size"]):
+                break
+            entry = repo.entry(position)
             if entry is None:  # counted by the head but gone: verification names it; nothing to build from
                 break
-            apply(repo, entry, now, thresholds)
-            repo.advance_projector(position)
-            repo.projected(position)
+            apply(repo, entry, now + timedelta(seconds=time.monotonic() - started), thresholds)  # a flag's time
             position += 1
             applied += 1
+            if position - saved >= SAVE_EVERY:
+                repo.advance_projector(saved, position)
+                saved = position
     finally:
-        repo.release_projector(now)
+        repo.release_projector(now, saved, position)
     return applied
 
 
@@ -74,7 +95,7 @@ def apply(repo, entry, now, thresholds):
 
     for found in flags:
         if found is not None:
-            _raise(repo, found, now)
+            raise_flag(repo, found, now)
 
 
 def _order_placed(repo, event, programme, thresholds):
@@ -84,10 +105,10 @@ def _order_placed(repo, event, programme, thresholds):
     repo.set_dimension(ORDERS, data["order_id"], {"agency": data["agency_id"], "service_code": data["service_code"]})
     agency = repo.dimension(AGENCIES, data["agency_id"])
     since = domain.window_start(event["occurred_at"], thresholds.split_window_days)
-    same = repo.remember(SPLITS, f"{data['enterprise_id']}|{data['agency_id']}|{data['service_code']}", {
+    _, same = repo.tally(SPLITS, f"{data['enterprise_id']}|{data['agency_id']}|{data['service_code']}", position, {
         "_id": data["order_id"], "enterprise": data["enterprise_id"], "agency": data["agency_id"],
         "service_code": data["service_code"], "programme": data["programme_id"], "subsidy_fen": data["subsidy_fen"],
-        "occurred_at": event["occurred_at"], "position": position, "event_id": event["event_id"]})
+        "occurred_at": event["occurred_at"], "position": position, "event_id": event["event_id"]}, recent=True)
     found = [
         domain.related_party(event, agency),
         domain.order_after_downgrade(event, agency),
@@ -96,7 +117,8 @@ def _order_placed(repo, event, programme, thresholds):
     ]
     if group:
         total, of_agency, orders = repo.count_order(group, data["agency_id"], position, event["event_id"])
-        found.append(domain.concentration(group, data["agency_id"], total, of_agency, orders, thresholds))
+        evidence = orders + [{"position": position, "event_id": event["event_id"]}]  # the order that tipped it
+        found.append(domain.concentration(group, data["agency_id"], total, of_agency, evidence, thresholds))
     return found
 
 
@@ -105,20 +127,21 @@ def _claim_submitted(repo, event, programme, order, thresholds):
     found = []
     for kind in ("invoice_no", "deliverable_sha256"):
         value = data[kind].strip().upper() if kind == "invoice_no" else data[kind]
-        uses = repo.remember(EVIDENCE, f"{kind}:{value}", {
+        _, uses = repo.tally(EVIDENCE, f"{kind}:{value}", position, {
             "order_id": data["order_id"], "claim_id": data["claim_id"], "position": position,
             "event_id": event["event_id"]})
         found.append(domain.duplicate_evidence(event, kind, value, [u for u in uses if u["position"] < position]))
     cap = programme.get("caps", {}).get(data.get("service_code") or order.get("service_code"))
     if cap is not None and data["amount_fen"] == cap:
-        claims = repo.remember(CAP_CLAIMS, f"{data['agency_id']}|{data['programme_id']}", {
+        count, claims = repo.tally(CAP_CLAIMS, f"{data['agency_id']}|{data['programme_id']}", position, {
             "claim_id": data["claim_id"], "agency": data["agency_id"], "programme": data["programme_id"],
             "position": position, "event_id": event["event_id"]})
-        found.append(domain.claims_at_cap(claims, thresholds))
+        found.append(domain.claims_at_cap(claims, thresholds, count))
     return found
 
 
-def _raise(repo, found, now):
+def raise_flag(repo, found, now):
+    """Stores a red flag once and publishes it (`audit.anomaly_detected`) through the outbox."""
     data = {"anomaly_id": found["_id"], "rule": found["rule"], "summary": found["summary"],
             "subject": found["subject"], "evidence_event_ids": found["evidence_event_ids"],
             "ledger_positions": found["ledger_positions"]}

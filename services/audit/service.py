@@ -22,7 +22,8 @@ from ipvkit.consumer import consume
 from ipvkit.errors import ApiError, BadRequest, NotFound, RuleRefused
 from ipvkit.events import new_event
 from ipvkit.http import ServiceBase, api
-from services.audit import domain, ledger, metrics, projector
+from ipvkit.realm_admin import Realm
+from services.audit import domain, identity, ledger, metrics, projector
 from services.audit import schemas as s
 from services.audit.keys import SigningKey
 from services.audit.storage import AuditStore
@@ -85,6 +86,7 @@ class AuditService(ServiceBase):
     signer = SigningKey()
     vouchers = RpcProxy("vouchers")
     config = Config()
+    realm = Realm()
 
     @property
     def thresholds(self):
@@ -94,6 +96,9 @@ class AuditService(ServiceBase):
     @consume([(producer, "#") for producer in PRODUCERS])
     def record(self, event):
         """Appends every event of every service, once, then brings the read models up to date."""
+        return self._append(event)
+
+    def _append(self, event):
         now = self.clock.now()
         entry, appended = self.store.append(event, now)
         if appended:
@@ -102,6 +107,20 @@ class AuditService(ServiceBase):
             metrics.LAG.observe(max((now - occurred).total_seconds(), 0))
         projector.run(self.store, now, self.thresholds)
         return entry["position"]
+
+    @timer(interval=5)
+    def record_sign_ins(self):
+        """Sign-in events (success, failure, lockout, sign-out) and account and role changes, from Keycloak
+        into the ledger, each once. Without the tooling client (IDENTITY_CLIENT_SECRET) there is nothing
+        to read; with Keycloak away, the next tick reads what this one missed."""
+        if self.realm is None:
+            return 0
+        try:
+            return identity.collect(self.realm, self.store, self._append,
+                                    int(self.config.get("AUDIT_IDENTITY_SINCE_MS") or 0))
+        except ApiError as exc:
+            log.warning("sign-in events not read this time: %s", exc.message)
+            return 0
 
     @timer(interval=1)
     def project(self):
@@ -112,12 +131,12 @@ class AuditService(ServiceBase):
     def refresh_metrics(self):
         metrics.LEDGER_ENTRIES.set(self.store.head()["size"])
 
-    @api("GET", "/api/v1/audit/head", roles=READERS, summary="How many entries the ledger holds, and the last hash")
+    @api("GET", "/api/v1/audit/head", roles=READERS, response=s.HeadOut, summary="How many entries the ledger holds, and the last hash")
     def head(self, call):
         head = self.store.head()
         return {"size": head["size"], "hash": head["hash"], "projected": self.store.projector_position()}
 
-    @api("GET", "/api/v1/audit/entries", roles=READERS, query=s.EntriesQuery, summary="Ledger entries in order")
+    @api("GET", "/api/v1/audit/entries", roles=READERS, query=s.EntriesQuery, response=s.EntryPage, summary="Ledger entries in order")
     def list_entries(self, call):
         query = call.query
         if "event_id" in query:
@@ -127,7 +146,7 @@ class AuditService(ServiceBase):
         return {"items": [entry_view(d) for d in docs],
                 "next_cursor": docs[-1]["position"] if len(docs) == query["limit"] else None}
 
-    @api("GET", "/api/v1/audit/entries/<position>", roles=READERS, summary="One ledger entry")
+    @api("GET", "/api/v1/audit/entries/<position>", roles=READERS, response=s.EntryOut, summary="One ledger entry")
     def get_entry(self, call):
         return entry_view(self._entry(number(call.path, "position")))
 
@@ -137,17 +156,18 @@ class AuditService(ServiceBase):
             raise NotFound(f"no ledger entry at position {position}")
         return doc
 
-    @api("GET", "/api/v1/audit/verify", roles=READERS, summary="Verify the whole ledger against its hashes and checkpoints")
+    @api("GET", "/api/v1/audit/verify", roles=READERS, response=s.VerifyOut, summary="Verify the whole ledger against its hashes and checkpoints")
     def verify(self, call):
         head = self.store.head()
         entries = [{"position": e["position"], "event": e["event"], "prev_hash": e["prev_hash"], "hash": e["hash"]}
                    for e in self.store.iter_entries()]
         checkpoints = [checkpoint_view(c) for c in self.store.checkpoints(limit=10_000)]
-        _, problems = ledger.verify(entries, checkpoints, self.signer.public_pem, head_size=head["size"])
+        _, problems = ledger.verify(entries, checkpoints, self.signer.public_pem, head_size=head["size"],
+                                    head_hash=head["hash"])
         return {"ok": not problems, "entries": len(entries), "head_size": head["size"],
                 "checkpoints": len(checkpoints), "problems": problems}
 
-    @api("GET", "/api/v1/audit/export", roles=READERS,
+    @api("GET", "/api/v1/audit/export", roles=READERS, other_types=("application/x-ndjson",),
          summary="The ledger as JSON lines (key, checkpoints, entries) for the offline verifier")
     def export(self, call):
         store, public_pem = self.store, self.signer.public_pem
@@ -165,11 +185,11 @@ class AuditService(ServiceBase):
                         headers={"Content-Disposition": 'attachment; filename="audit-ledger.jsonl"'})
 
     # -- checkpoints and proofs ------------------------------------------------------------------
-    @api("GET", "/api/v1/audit/public-key", roles=READERS, summary="The checkpoint signing key (PEM)")
+    @api("GET", "/api/v1/audit/public-key", roles=READERS, response=s.PublicKeyOut, summary="The checkpoint signing key (PEM)")
     def public_key(self, call):
         return {"key_id": self.signer.key_id, "algorithm": "Ed25519", "public_key": self.signer.public_pem}
 
-    @api("POST", "/api/v1/audit/checkpoints", roles=("officer", "ops"), status=201,
+    @api("POST", "/api/v1/audit/checkpoints", roles=("officer", "ops"), status=201, response=s.CheckpointOut,
          summary="Sign a checkpoint over the entries so far now")
     def create_checkpoint(self, call):
         checkpoint = self._checkpoint()
@@ -179,13 +199,16 @@ class AuditService(ServiceBase):
 
     @timer(interval=10)
     def periodic_checkpoint(self):
-        """Every AUDIT_CHECKPOINT_EVERY_S, if the ledger grew."""
+        """Every AUDIT_CHECKPOINT_EVERY_S, if the ledger grew (and verifies)."""
         latest = self.store.latest_checkpoint()
         every = int(self.config.get("AUDIT_CHECKPOINT_EVERY_S") or 300)
         if latest is None or (self.clock.now() - datetime.fromisoformat(
                 latest["signed_at"].replace("Z", "+00:00"))).total_seconds() >= every:
             if latest is None or self.store.head()["size"] > latest["size"]:
-                return self._checkpoint()
+                try:
+                    return self._checkpoint()
+                except RuleRefused:  # the anomaly and the metric say it; tried again next time
+                    return None
         return None
 
     def _checkpoint(self):
@@ -195,10 +218,13 @@ class AuditService(ServiceBase):
         existing = self.store.checkpoint(head["size"])
         if existing is not None:
             return checkpoint_view(existing)
-        leaves = self.store.leaves(head["size"])
-        if len(leaves) != head["size"]:
-            raise RuleRefused("ledger_damaged", f"the head counts {head['size']} entries but {len(leaves)} "
-                                                "are stored; run /api/v1/audit/verify")
+        leaves, problems, event_ids = self._verified_leaves(head)
+        metrics.LEDGER_PROBLEMS.set(len(problems))
+        if problems:
+            projector.raise_flag(self.store, domain.ledger_tampered(problems, event_ids, head["size"]),
+                                 self.clock.now())
+            raise RuleRefused("ledger_damaged", f"the ledger does not verify ({len(problems)} problem(s)): no "
+                                                "checkpoint is signed over it", problems=problems[:100])
         now = self.clock.now()
         signed = self.signer.sign(head["size"], ledger.merkle_root(leaves), head["hash"], utc_iso(now))
         event = new_event(type="audit.checkpoint_published", producer=NAME, aggregate_id=f"checkpoint-{head['size']}",
@@ -206,7 +232,33 @@ class AuditService(ServiceBase):
         self.store.add_checkpoint(signed, event, now)
         return signed
 
-    @api("GET", "/api/v1/audit/checkpoints", roles=READERS, query=s.PageQuery, summary="Signed checkpoints")
+    def _verified_leaves(self, head):
+        """The Merkle leaves of the whole ledger, recomputed from the entries' content, and the
+        problems found on the way (a checkpoint is signed only when there are none), with the event
+        id at each position checked. From the latest checkpoint on when it still holds (its signature
+        verifies and the stored leaves before it give its root: an RFC 9162 consistency check), so
+        only the entries since then are read whole; otherwise the whole ledger."""
+        latest = self.store.latest_checkpoint()
+        prefix, after, checkpoints = [], None, []
+        if latest is not None:
+            prefix = self.store.leaves(latest["size"])
+            if (ledger.checkpoint_signature_ok(checkpoint_view(latest), self.signer.public_pem)
+                    and len(prefix) == latest["size"] and ledger.merkle_root(prefix) == latest["root_hash"]):
+                after = (latest["size"], latest["chain_hash"])
+            else:
+                prefix, checkpoints = [], [checkpoint_view(c) for c in self.store.checkpoints(limit=10_000)]
+        entries = list(self.store.entries_between(after[0] if after else 0, head["size"]))
+        leaves, problems = ledger.verify(entries, checkpoints, self.signer.public_pem, head_size=head["size"],
+                                         head_hash=head["hash"], after=after)
+        named = {(p["kind"], p["position"]) for p in problems}
+        for entry, leaf in zip(entries, leaves):
+            if entry.get("leaf") != leaf.hex() and ("modified", entry["position"]) not in named:
+                problems.append({"kind": "modified", "position": entry["position"],
+                                 "detail": "the stored Merkle leaf does not match the entry's content"})
+        problems.sort(key=lambda p: (p["position"], p["kind"]))
+        return prefix + leaves, problems, {e["position"]: e["event_id"] for e in entries}
+
+    @api("GET", "/api/v1/audit/checkpoints", roles=READERS, query=s.PageQuery, response=s.CheckpointPage, summary="Signed checkpoints")
     def list_checkpoints(self, call):
         docs = self.store.checkpoints(call.query["after"], call.query["limit"])
         return {"items": [checkpoint_view(d) for d in docs],
@@ -218,11 +270,11 @@ class AuditService(ServiceBase):
             raise NotFound(f"no checkpoint of size {size}" if size is not None else "no checkpoint yet")
         return doc
 
-    @api("GET", "/api/v1/audit/checkpoints/<size>", roles=READERS, summary="One checkpoint")
+    @api("GET", "/api/v1/audit/checkpoints/<size>", roles=READERS, response=s.CheckpointOut, summary="One checkpoint")
     def get_checkpoint(self, call):
         return checkpoint_view(self._checkpoint_at(number(call.path, "size")))
 
-    @api("GET", "/api/v1/audit/entries/<position>/proof", roles=READERS, query=s.ProofQuery,
+    @api("GET", "/api/v1/audit/entries/<position>/proof", roles=READERS, query=s.ProofQuery, response=s.InclusionOut,
          summary="Inclusion proof of an entry in a checkpoint (RFC 9162)")
     def inclusion_proof(self, call):
         position = number(call.path, "position")
@@ -236,6 +288,7 @@ class AuditService(ServiceBase):
         return {"entry": entry_view(entry), "checkpoint": checkpoint_view(checkpoint), "proof": proof.serialize()}
 
     @api("GET", "/api/v1/audit/checkpoints/<size>/consistency", roles=READERS, query=s.ConsistencyQuery,
+         response=s.ConsistencyOut,
          summary="Consistency proof from one checkpoint to a later one (RFC 9162)")
     def consistency_proof(self, call):
         older = self._checkpoint_at(number(call.path, "size"))
@@ -251,7 +304,8 @@ class AuditService(ServiceBase):
         return {"older": checkpoint_view(older), "newer": checkpoint_view(newer), "proof": proof}
 
     # -- reports -----------------------------------------------------------------------------------
-    @api("GET", "/api/v1/audit/reports/fund-use", roles=READERS, query=s.ReportQuery,
+    @api("GET", "/api/v1/audit/reports/fund-use", roles=READERS, query=s.ReportQuery, response=s.ReportOut,
+         other_types=("text/csv",),
          summary="Fund use grouped by programme, region, tier, service_code, agency or month")
     def fund_use(self, call):
         query = call.query
@@ -267,6 +321,7 @@ class AuditService(ServiceBase):
                 "through_position": self.store.projector_position() - 1}
 
     @api("GET", "/api/v1/audit/reports/fund-use/entries", roles=READERS, query=s.DrilldownQuery,
+         response=s.DrilldownOut, other_types=("text/csv",),
          summary="The ledger entries behind a report figure")
     def fund_use_entries(self, call):
         query = call.query
@@ -284,12 +339,15 @@ class AuditService(ServiceBase):
                 "next_cursor": facts[-1]["_id"] if len(facts) == query["limit"] else None}
 
     # -- reconciliation ------------------------------------------------------------------------------
-    @api("GET", "/api/v1/audit/reconciliation", roles=READERS, query=s.ReconcileQuery,
+    @api("GET", "/api/v1/audit/reconciliation", roles=READERS, query=s.ReconcileQuery, response=s.ReconciliationOut,
          summary="Balances rebuilt from the ledger against the vouchers service's own, per programme and voucher")
     def reconciliation(self, call):
-        wanted = call.query.get("programme")
-        ours = domain.balances(domain.sum_facts(self.store.facts(
-            {"programme": wanted} if wanted else {}, fields=("programme", "bucket", "fen", "count")), "programme"))
+        """One page of programmes (`after`, `limit`), one read of the facts for all of them."""
+        wanted, after, limit = call.query.get("programme"), call.query.get("after"), call.query["limit"]
+        facts = list(self.store.facts({"programme": wanted} if wanted else {},
+                                      fields=("programme", "voucher", "bucket", "fen", "count", "position",
+                                              "event_id", "type")))
+        ours = domain.balances(domain.sum_facts(facts, "programme"))
         try:
             theirs = {p["programme_id"]: p for p in self._ask_vouchers("programme_balances")}
         except Unavailable as exc:
@@ -301,9 +359,16 @@ class AuditService(ServiceBase):
         programmes = sorted((set(theirs) | set(ours)) - {None})
         if wanted:
             programmes = [p for p in programmes if p == wanted]
-        report = [self._reconcile_programme(p, ours.get(p), theirs.get(p)) for p in programmes]
+        if after:
+            programmes = [p for p in programmes if p > after]
+        page = programmes[:limit]
+        by_programme = {}
+        for fact in facts:
+            by_programme.setdefault(fact["programme"], []).append(fact)
+        report = [self._reconcile_programme(p, ours.get(p), theirs.get(p), by_programme.get(p, [])) for p in page]
         return {"ok": all(r["ok"] for r in report), "compared": True, "ledger_size": self.store.head()["size"],
-                "through_position": self.store.projector_position() - 1, "programmes": report}
+                "through_position": self.store.projector_position() - 1, "programmes": report,
+                "next_cursor": page[-1] if len(programmes) > limit else None}
 
     def _ask_vouchers(self, method, *args, **kwargs):
         """One RPC to the vouchers service, or a 503 at once when no pod of it listens (a call
@@ -322,7 +387,7 @@ class AuditService(ServiceBase):
         except UnknownService:
             raise Unavailable("the vouchers service is not running; reconciliation needs its figures")
 
-    def _reconcile_programme(self, programme_id, ours, theirs):
+    def _reconcile_programme(self, programme_id, ours, theirs, facts):
         out = {"programme_id": programme_id, "differences": {}, "vouchers": [], "entries": []}
         if ours is None or theirs is None:
             out.update(ok=False, missing_in="ledger" if ours is None else "vouchers service")
@@ -332,7 +397,6 @@ class AuditService(ServiceBase):
         if sum(ours[b] for b in domain.BUCKETS) != ours["budget"]:
             out["differences"]["conservation"] = {"ledger": sum(ours[b] for b in domain.BUCKETS),
                                                   "service": ours["budget"]}
-        facts = list(self.store.facts({"programme": programme_id}))
         per_voucher = domain.sum_facts([f for f in facts if f["voucher"]], "voucher")
         seen = set()
         after = None
@@ -368,14 +432,14 @@ class AuditService(ServiceBase):
         return {"voucher_id": voucher_id, "differences": diff, "entries": entries}
 
     # -- red flags -----------------------------------------------------------------------------------
-    @api("GET", "/api/v1/audit/anomalies", roles=READERS, query=s.AnomalyQuery, summary="Red flags raised")
+    @api("GET", "/api/v1/audit/anomalies", roles=READERS, query=s.AnomalyQuery, response=s.AnomalyPage, summary="Red flags raised")
     def list_anomalies(self, call):
         query = call.query
         docs = self.store.anomalies(query.get("rule"), query.get("after"), query["limit"])
         return {"items": [anomaly_view(d) for d in docs],
                 "next_cursor": docs[-1]["_id"] if len(docs) == query["limit"] else None}
 
-    @api("GET", "/api/v1/audit/anomalies/<anomaly_id>", roles=READERS, summary="One red flag with its evidence")
+    @api("GET", "/api/v1/audit/anomalies/<anomaly_id>", roles=READERS, response=s.AnomalyOut, summary="One red flag with its evidence")
     def get_anomaly(self, call):
         doc = self.store.anomaly(call.path["anomaly_id"])
         if doc is None:

@@ -7,20 +7,29 @@ then advances the head with a guard on `size`. Two pods racing for a position: o
 the other gets a duplicate key and tries the next position. A crash between the insert and the
 head update leaves an entry one past the head; whoever appends next (or the service at start)
 finds it and advances the head over it (`repair_head`). Positions are gap-free and ordered.
+
+What the rules remember (split orders, evidence reuse, claims at the cap, orders per region) is kept
+per key in documents that stop growing: a count and at most KEPT items (the first ones, or the most
+recent in a ring), because every write of a document on FerretDB costs as much as the document is big.
 """
+import uuid
+
 from eventlet.semaphore import Semaphore
 from pymongo import ASCENDING, IndexModel, ReturnDocument
-from pymongo.errors import DuplicateKeyError
+from pymongo.errors import BulkWriteError, DuplicateKeyError
 
 from ipvkit.storage import MongoStore, Repo
 from services.audit import ledger
 
-ENTRIES, UNPROJECTED, META, CHECKPOINTS = "entries", "unprojected", "ledger_meta", "checkpoints"
-FACTS, ANOMALIES = "facts", "anomalies"
+ENTRIES, META, CHECKPOINTS = "entries", "ledger_meta", "checkpoints"
+FACTS, ANOMALIES, IDENTITY_SEEN = "facts", "anomalies", "identity_seen"
 PROGRAMMES, VOUCHERS, ORDERS, AGENCIES, ENTERPRISES = "programmes", "vouchers", "orders", "agencies", "enterprises"
-EVIDENCE, SPLITS, GROUPS, CAP_CLAIMS = "evidence", "splits", "groups", "cap_claims"
+# One collection of bounded tallies, keyed "<rule>:<key>" (it replaced growing lists per rule).
+TALLIES = "tallies"
+SPLITS, EVIDENCE, CAP_CLAIMS, GROUPS = "split", "evidence", "cap", "group"
 HEAD, PROJECTOR = "head", "projector"
 DIMENSIONS = ("programme", "region", "tier", "service_code", "agency", "month")
+KEPT = 20  # items a remembered key keeps: evidence enough for a flag, a document that stays small
 
 
 def key(position):
@@ -29,10 +38,10 @@ def key(position):
 
 
 class AuditRepo(Repo):
-    """FerretDB 1.24 (SQLite) uses no index for a query: every find scans its collection (a
-    unique index is still enforced on insert). So the append path reads only the small head
-    collection and leaves duplicate detection to the unique indexes, and each new entry is also
-    put in the small `unprojected` collection the projector reads and empties."""
+    """FerretDB 1.24 (SQLite) uses no secondary index for a query: a find by anything but `_id`
+    scans its collection (a unique index is still enforced on insert). So the append path reads
+    only the head and leaves duplicate detection to the unique indexes, and the projector reads
+    entries by `_id` (their position)."""
 
     # -- the ledger --------------------------------------------------------------------------
     def head(self):
@@ -45,62 +54,108 @@ class AuditRepo(Repo):
             orphan = self.entry(head["size"])
             if orphan is None:
                 return head
-            self._insert_once(UNPROJECTED, orphan)
             self._advance(head, orphan)
 
     def append(self, event, now):
         """Appends the event once (by event_id). Returns (entry, appended_now).
         One append at a time per process, in delivery order: concurrent workers would only race
-        for the same position, and a queue's order (one producer's order) is kept in the ledger."""
-        with self.store.append_lock:
-            return self._append(event, now)
+        for the same position, and a queue's order (one producer's order) is kept in the ledger.
+        Group commit: the worker holding the lock appends every event the others queued
+        meanwhile in one insert and one head update, so the ledger's rate is not one event per
+        two database round trips."""
+        store = self.store
+        waiting = {"event": event, "now": now, "done": None}
+        store.append_queue.append(waiting)
+        with store.append_lock:
+            if waiting["done"] is None:
+                batch, store.append_queue = store.append_queue, []
+                if not any(other is waiting for other in batch):  # queued after a swap (OS threads)
+                    batch.append(waiting)
+                try:
+                    self._append_batch(batch)
+                finally:
+                    for other in batch:  # a failure: each worker tries its own again
+                        if other["done"] is None:
+                            other["done"] = False
+        if waiting["done"] is False:
+            with store.append_lock:
+                return self._append(event, now)
+        return waiting["done"]
+
+    def _entry(self, head, event, now):
+        encoded = ledger.canonical(event)
+        return {"_id": key(head["size"]), "position": head["size"], "event_id": event["event_id"],
+                "type": event["type"], "event": ledger.plain(event), "prev_hash": head["hash"],
+                "hash": ledger.chain_hash(head["hash"], encoded), "leaf": ledger.leaf_hash(encoded).hex(),
+                "appended_at": now}
+
+    def _append_batch(self, batch):
+        """Chains the queued events after the head and inserts them in order; from the first one
+        refused (a taken position, a redelivered event) on, they go one by one."""
+        head = self.store.head_cache or self.head()
+        entries, at = [], head
+        for waiting in batch:
+            entries.append(self._entry(at, waiting["event"], waiting["now"]))
+            at = {"size": at["size"] + 1, "hash": entries[-1]["hash"]}
+        try:
+            self.db[ENTRIES].insert_many(entries, ordered=True)
+            inserted = len(entries)
+        except BulkWriteError as exc:
+            inserted = exc.details.get("nInserted", 0)
+        if inserted:
+            last = entries[inserted - 1]
+            self._advance(head, last, inserted)
+            self.store.head_cache = {"_id": HEAD, "size": last["position"] + 1, "hash": last["hash"]}
+        else:
+            self.store.head_cache = None
+        for waiting, entry in zip(batch[:inserted], entries):
+            waiting["done"] = (entry, True)
+        for waiting in batch[inserted:]:
+            waiting["done"] = self._append(waiting["event"], waiting["now"])
 
     def _append(self, event, now):
-        encoded = ledger.canonical(event)
-        stored_event = ledger.plain(event)
+        """Two writes in the usual case: the entry, keyed by its position, and the head. The head
+        as this process last left it saves a read; a position found taken re-reads it."""
         while True:
-            head = self.head()
-            entry = {"_id": key(head["size"]), "position": head["size"], "event_id": event["event_id"],
-                     "type": event["type"], "event": stored_event, "prev_hash": head["hash"],
-                     "hash": ledger.chain_hash(head["hash"], encoded),
-                     "leaf": ledger.leaf_hash(encoded).hex(), "appended_at": now}
+            head = self.store.head_cache or self.head()
+            entry = self._entry(head, event, now)
             try:
                 self.db[ENTRIES].insert_one(entry)
             except DuplicateKeyError:
-                # The position is taken (another pod, or an entry a crash left uncounted), or the
-                # event is already in the ledger (a redelivery: event_id is unique).
-                existing = self.entry_by_event(event["event_id"])
+                # The position is taken (by another pod, or by this event: a crash before its
+                # head update), or the event is already in the ledger (a redelivery: event_id is
+                # unique, and only then is the slower lookup by event_id needed).
+                self.store.head_cache = None
+                taken = self.entry(head["size"])
+                if taken is not None and taken["event_id"] != event["event_id"]:
+                    self.repair_head()
+                    continue
+                existing = taken or self.entry_by_event(event["event_id"])
                 self.repair_head()
                 if existing is not None:
                     return existing, False
                 continue
-            self._insert_once(UNPROJECTED, entry)
             self._advance(head, entry)
+            self.store.head_cache = {"_id": HEAD, "size": head["size"] + 1, "hash": entry["hash"]}
             return entry, True
 
-    def _advance(self, head, entry):
+    def _advance(self, head, last, count=1):
+        """Moves the head over `count` entries inserted after it, `last` the newest of them."""
         if head["size"] == 0:
             try:
-                self.db[META].insert_one({"_id": HEAD, "size": 1, "hash": entry["hash"]})
+                self.db[META].insert_one({"_id": HEAD, "size": count, "hash": last["hash"]})
                 return
             except DuplicateKeyError:
                 pass
-        # No match means another pod already moved the head over this entry.
+        # No match means another pod already moved the head over these entries.
         self.db[META].update_one({"_id": HEAD, "size": head["size"]},
-                                 {"$set": {"size": head["size"] + 1, "hash": entry["hash"]}})
+                                 {"$set": {"size": head["size"] + count, "hash": last["hash"]}})
 
     def entry(self, position):
         return self.db[ENTRIES].find_one({"_id": key(position)})
 
     def entry_by_event(self, event_id):
         return self.db[ENTRIES].find_one({"event_id": event_id})
-
-    def unprojected(self, position):
-        """The entry at `position` if the projector has not applied it yet (a small collection)."""
-        return self.db[UNPROJECTED].find_one({"_id": key(position)}) or self.entry(position)
-
-    def projected(self, position):
-        self.db[UNPROJECTED].delete_one({"_id": key(position)})
 
     def entries(self, after=-1, limit=100, type_=None):
         """A page in position order (a scan on FerretDB; for people browsing, not hot paths)."""
@@ -112,6 +167,11 @@ class AuditRepo(Repo):
     def iter_entries(self, batch=2000):
         """Every stored entry in position order, streamed (one scan, never all in memory)."""
         return self.db[ENTRIES].find({}, {"leaf": 0, "appended_at": 0}).sort("_id", ASCENDING).batch_size(batch)
+
+    def entries_between(self, start, size, batch=2000):
+        """The stored entries at positions start..size-1, in position order, with their stored leaves."""
+        return self.db[ENTRIES].find({"position": {"$gte": start, "$lt": size}}, {"appended_at": 0}).sort(
+            "_id", ASCENDING).batch_size(batch)
 
     def leaves(self, size):
         """The stored Merkle leaves of the first `size` entries."""
@@ -140,21 +200,32 @@ class AuditRepo(Repo):
     # -- the projector's cursor ----------------------------------------------------------------
     def claim_projector(self, now, lease):
         """The read models are built by one pod at a time, in ledger order. Returns the position
-        to apply next, or None when another pod holds the lease."""
-        try:
-            self.db[META].insert_one({"_id": PROJECTOR, "position": 0, "lease_until": now + lease})
-            return 0
-        except DuplicateKeyError:
-            doc = self.db[META].find_one_and_update(
-                {"_id": PROJECTOR, "lease_until": {"$lte": now}}, {"$set": {"lease_until": now + lease}},
-                return_document=ReturnDocument.AFTER)
-            return None if doc is None else doc["position"]
+        to apply next, or None when another pod holds the lease. The dimensions this process
+        remembers stay valid only if it held the cursor last and left it where it is now."""
+        store = self.store
+        before = self.db[META].find_one_and_update(
+            {"_id": PROJECTOR, "lease_until": {"$lte": now}},
+            {"$set": {"lease_until": now + lease, "owner": store.projector_id}})
+        if before is None:
+            try:
+                self.db[META].insert_one({"_id": PROJECTOR, "position": 0, "lease_until": now + lease,
+                                          "owner": store.projector_id})
+                before = {"position": 0, "owner": store.projector_id}
+            except DuplicateKeyError:
+                return None  # another pod holds the lease
+        if before.get("owner") != store.projector_id or before["position"] != store.dims_position:
+            store.dims.clear()
+        store.dims_position = before["position"]
+        return before["position"]
 
-    def advance_projector(self, position):
-        self.db[META].update_one({"_id": PROJECTOR, "position": position}, {"$set": {"position": position + 1}})
+    def advance_projector(self, position, to):
+        self.db[META].update_one({"_id": PROJECTOR, "position": position}, {"$set": {"position": to}})
+        self.store.dims_position = to
 
-    def release_projector(self, now):
-        self.db[META].update_one({"_id": PROJECTOR}, {"$set": {"lease_until": now}})
+    def release_projector(self, now, position, to):
+        """Moves the cursor from `position` to `to` and lets the lease go, in one write."""
+        self.db[META].update_one({"_id": PROJECTOR, "position": position}, {"$set": {"position": to, "lease_until": now}})
+        self.store.dims_position = to
 
     def projector_position(self):
         doc = self.db[META].find_one({"_id": PROJECTOR})
@@ -162,50 +233,68 @@ class AuditRepo(Repo):
 
     # -- dimensions (what later events are grouped by) -----------------------------------------
     def dimension(self, collection, key):
-        return self.db[collection].find_one({"_id": key}) or {}
+        cached = self.store.dims.get((collection, key))
+        if cached is None:
+            cached = self.store.dims[(collection, key)] = self.db[collection].find_one({"_id": key}) or {}
+        return cached
 
     def set_dimension(self, collection, key, values):
         self.db[collection].update_one({"_id": key}, {"$set": values}, upsert=True)
+        cached = self.store.dims.get((collection, key))
+        if cached is not None:
+            self.store.dims[(collection, key)] = dict(cached, _id=key, **values)
 
     # -- facts ---------------------------------------------------------------------------------
     def add_facts(self, facts):
         """Idempotent: a fact's `_id` is its entry position and index, so re-applying adds nothing."""
-        for fact in facts:
-            self._insert_once(FACTS, fact)
-
-    def _insert_once(self, collection, doc):
+        if not facts:
+            return
         try:
-            self.db[collection].insert_one(doc)
-        except DuplicateKeyError:
-            pass
+            self.db[FACTS].insert_many(facts, ordered=False)
+        except BulkWriteError as exc:
+            if any(e["code"] != 11000 for e in exc.details.get("writeErrors", ())) or exc.details.get("writeConcernErrors"):
+                raise
 
     def facts(self, match, fields=None):
         projection = {k: 1 for k in fields} if fields else None
         return self.db[FACTS].find(match, projection).sort("_id", ASCENDING)
 
-    # -- what the rules remember, one document per key (string `_id` lookups only) ------------
-    def remember(self, collection, key_, item):
-        """Adds `item` to the list kept under `key_` (once) and returns the whole list."""
-        self.db[collection].update_one({"_id": key_}, {"$addToSet": {"items": item}}, upsert=True)
-        return sorted(self.db[collection].find_one({"_id": key_})["items"], key=lambda i: i["position"])
+    # -- what the rules remember, one small document per key (read and written by `_id`) -----
+    def tally(self, rule, key_, position, item=None, recent=False):
+        """Counts the entry at `position` under the rule's `key_` once and keeps `item` among the
+        key's first KEPT items, or with `recent` among its last KEPT (a ring). Returns (count, items
+        in ledger order). Re-applying an entry (positions only grow under the projector) changes nothing."""
+        coll, key_ = self.db[TALLIES], f"{rule}:{key_}"
+        while True:
+            doc = coll.find_one({"_id": key_})
+            if doc is not None and doc["last"] >= position:
+                return doc["n"], self._items(doc)
+            n = doc["n"] if doc else 0
+            slot = n % KEPT if recent else n
+            if doc is None:
+                try:
+                    coll.insert_one({"_id": key_, "n": 1, "last": position, "items": {"0": item} if item else {}})
+                    return 1, [item] if item else []
+                except DuplicateKeyError:
+                    continue  # another projector run counted it first
+            update = {"$inc": {"n": 1}, "$set": {"last": position}}
+            if item and slot < KEPT:
+                update["$set"][f"items.{slot}"] = item
+            done = coll.find_one_and_update({"_id": key_, "n": n}, update, return_document=ReturnDocument.AFTER)
+            if done is not None:
+                return done["n"], self._items(done)
+
+    @staticmethod
+    def _items(doc):
+        return sorted(doc["items"].values(), key=lambda i: i["position"])
 
     def count_order(self, group, agency_id, position, event_id):
         """Counts an order in its group and for its agency, once per position. Returns (orders in
-        the group, orders of the agency in the group, the agency's first 1,000 there)."""
-        counts = []
-        for key_ in (f"group:{group}", f"group:{group}|{agency_id}"):
-            current = self.db[GROUPS].find_one({"_id": key_}) or {"n": 0, "last": -1, "orders": []}
-            if current["last"] < position:
-                update = {"$inc": {"n": 1}, "$set": {"last": position}}
-                if len(current["orders"]) < 1000:
-                    update["$push"] = {"orders": {"position": position, "event_id": event_id}}
-                try:
-                    self.db[GROUPS].update_one({"_id": key_, "last": current["last"]} if current["last"] >= 0
-                                               else {"_id": key_}, update, upsert=True)
-                except DuplicateKeyError:
-                    pass  # another projector run counted it (its lease expired mid-entry)
-            counts.append(self.db[GROUPS].find_one({"_id": key_}))
-        return counts[0]["n"], counts[1]["n"], counts[1]["orders"]
+        the group, orders of the agency in the group, the agency's first KEPT there)."""
+        item = {"position": position, "event_id": event_id}
+        total, _ = self.tally(GROUPS, group, position)
+        of_agency, orders = self.tally(GROUPS, f"{group}|{agency_id}", position, item)
+        return total, of_agency, orders
 
     # -- anomalies -------------------------------------------------------------------------------
     def add_anomaly(self, doc, event, now):
@@ -228,12 +317,36 @@ class AuditRepo(Repo):
         return self.db[ANOMALIES].find_one({"_id": anomaly_id}, {"outbox": 0})
 
 
+    # -- sign-in events read from Keycloak (services/audit/identity.py) -----------------------------
+    def identity_cursor(self, source):
+        """The time (ms) of the newest Keycloak event of `source` (user, admin) read so far, or None."""
+        doc = self.db[META].find_one({"_id": f"identity:{source}"})
+        return doc["time_ms"] if doc else None
+
+    def set_identity_cursor(self, source, time_ms):
+        """Moves the cursor forward only: two pods reading at once never move it back."""
+        key_ = f"identity:{source}"
+        self._insert_once(META, {"_id": key_, "time_ms": time_ms})
+        self.db[META].update_one({"_id": key_, "time_ms": {"$lt": time_ms}}, {"$set": {"time_ms": time_ms}})
+
+    def identity_seen(self, keycloak_event_id):
+        return self.db[IDENTITY_SEEN].find_one({"_id": keycloak_event_id}) is not None
+
+    def mark_identity_seen(self, keycloak_event_id):
+        self._insert_once(IDENTITY_SEEN, {"_id": keycloak_event_id})
+
+
 class AuditStore(MongoStore):
     repo_class = AuditRepo
 
     def setup(self):
         super().setup()
         self.append_lock = Semaphore()
+        self.append_queue = []         # events waiting for the next group commit
+        self.head_cache = None         # the head as this process's last append left it
+        self.projecting = Semaphore()
+        self.projector_id = uuid.uuid4().hex
+        self.dims, self.dims_position = {}, None   # dimensions read while this process held the cursor
 
     def start(self):
         super().start()

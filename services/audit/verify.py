@@ -46,7 +46,7 @@ def check(path, public_pem=None, pinned=()):
         problems.append({"kind": "checkpoint", "position": 0, "detail": "no public key in the export or given"})
     entries.sort(key=lambda e: e["position"])  # as stored; the chain itself says what order is right
     _, found = ledger.verify(entries, list(checkpoints) + list(pinned), public_pem,
-                             head_size=head["size"] if head else None)
+                             head_size=head["size"] if head else None, head_hash=head["hash"] if head else None)
     return len(entries), problems + found
 
 

@@ -2,6 +2,7 @@
 from marshmallow import Schema, ValidationError, fields, validate, validates, validates_schema
 
 from ipvkit.contracts.common import LEVELS, REGION, TIERS, CreditCode
+from ipvkit.text import Text
 from services.enterprises import domain
 
 SIZES = ("micro", "small", "medium")
@@ -12,11 +13,11 @@ INDUSTRY = validate.Regexp(r"^[A-T](\d{2}(\d{1,2})?)?$",
 class EnterpriseIn(Schema):
     credit_code = CreditCode(required=True, metadata={"description": "统一社会信用代码 (GB 32100-2015)",
                                                        "example": "91350100M000100Y43"})
-    name = fields.String(required=True, validate=validate.Length(1, 200))
-    region = fields.String(required=True, validate=REGION, metadata={"example": "350102"})
-    industry = fields.String(required=True, validate=INDUSTRY, metadata={"example": "C39"})
-    size = fields.String(required=True, validate=validate.OneOf(SIZES),
-                         metadata={"description": "per 《中小企业划型标准规定》"})
+    name = Text(required=True, validate=validate.Length(1, 200))
+    region = Text(required=True, validate=REGION, metadata={"example": "350102"})
+    industry = Text(required=True, validate=INDUSTRY, metadata={"example": "C39"})
+    size = Text(required=True, validate=validate.OneOf(SIZES),
+                metadata={"description": "per 《中小企业划型标准规定》"})
 
     @validates("credit_code")
     def _enterprise(self, value, **_):
@@ -44,18 +45,29 @@ class EnterpriseOut(Schema):
     industry = fields.String(required=True)
     size = fields.String(required=True)
     registered_at = fields.String(required=True)
+    verified = fields.Boolean(required=True, metadata={
+        "description": "false while a self-registered enterprise waits for an officer's verification (实名认证)"})
+
+
+class VerificationIn(Schema):
+    method = fields.String(required=True, validate=validate.OneOf(("business_licence", "legal_person_login", "documents")),
+                           metadata={"description": "how the officer checked: the 电子营业执照 (business_licence), the "
+                                                    "government portal's legal-person sign-in (legal_person_login), "
+                                                    "or the papers (documents)"})
+    reference = fields.String(required=True, validate=validate.Length(1, 128),
+                     metadata={"description": "the check's own reference (serial of the licence check, file number)"})
 
 
 class PageQuery(Schema):
     limit = fields.Integer(load_default=50, validate=validate.Range(1, 200))
-    after = fields.String(validate=validate.Length(1, 64), metadata={"description": "next_cursor of the previous page"})
+    after = Text(validate=validate.Length(1, 64), metadata={"description": "next_cursor of the previous page"})
 
 
 class EnterpriseQuery(PageQuery):
-    region = fields.String(validate=REGION)
-    industry = fields.String(validate=INDUSTRY)
-    size = fields.String(validate=validate.OneOf(SIZES))
-    q = fields.String(validate=validate.Length(1, 100), metadata={"description": "part of the name"})
+    region = Text(validate=REGION)
+    industry = Text(validate=INDUSTRY)
+    size = Text(validate=validate.OneOf(SIZES))
+    q = Text(validate=validate.Length(1, 100), metadata={"description": "part of the name"})
 
 
 class EnterprisePage(Schema):
@@ -64,10 +76,10 @@ class EnterprisePage(Schema):
 
 
 class QualificationIn(Schema):
-    tier = fields.String(required=True, validate=validate.OneOf(TIERS))
-    level = fields.String(required=True, validate=validate.OneOf(LEVELS))
-    certificate_no = fields.String(required=True, validate=validate.Length(1, 64))
-    issuing_authority = fields.String(required=True, validate=validate.Length(1, 128))
+    tier = Text(required=True, validate=validate.OneOf(TIERS))
+    level = Text(required=True, validate=validate.OneOf(LEVELS))
+    certificate_no = Text(required=True, validate=validate.Length(1, 64))
+    issuing_authority = Text(required=True, validate=validate.Length(1, 128))
     valid_from = fields.Date(required=True)
     valid_to = fields.Date(required=True)
 
@@ -96,7 +108,7 @@ class QualificationList(Schema):
 
 
 class RevokeIn(Schema):
-    reason = fields.String(required=True, validate=validate.Length(1, 500))
+    reason = Text(multiline=True, required=True, validate=validate.Length(1, 500))
     revoked_on = fields.Date(metadata={"description": "defaults to today (UTC)"})
 
 

@@ -7,8 +7,9 @@ from nameko.timer import timer
 from ipvkit import contracts  # noqa: F401 - registers every event schema
 from ipvkit.clock import Clock, utc_iso
 from ipvkit.consumer import Permanent, consume
-from ipvkit.errors import Conflict, Forbidden, NotFound
+from ipvkit.errors import Conflict, Forbidden, NotFound, Unavailable
 from ipvkit.http import ServiceBase, api
+from ipvkit.realm_admin import Realm
 from ipvkit.storage import ConcurrentChange
 from services.enterprises import domain
 from services.enterprises import schemas as s
@@ -23,7 +24,8 @@ READERS = ("enterprise",) + STAFF
 
 def enterprise_view(doc):
     return {"enterprise_id": doc["_id"], "credit_code": doc["_id"], "name": doc["name"], "region": doc["region"],
-            "industry": doc["industry"], "size": doc["size"], "registered_at": utc_iso(doc["registered_at"])}
+            "industry": doc["industry"], "size": doc["size"], "registered_at": utc_iso(doc["registered_at"]),
+            "verified": doc.get("verified", True)}  # enterprises registered before verification existed: by officers
 
 
 def qualification_view(doc):
@@ -50,6 +52,7 @@ class EnterprisesService(ServiceBase):
     name = NAME
     store = EnterpriseStore()
     clock = Clock()
+    realm = Realm()
 
     def _enterprise(self, enterprise_id):
         doc = self.store.enterprise(enterprise_id)
@@ -59,7 +62,8 @@ class EnterprisesService(ServiceBase):
 
     # -- enterprises -------------------------------------------------------------------------
     @api("POST", "/api/v1/enterprises", roles=("enterprise", "officer"), body=s.EnterpriseIn,
-         response=s.EnterpriseOut, status=201, summary="Register an enterprise")
+         response=s.EnterpriseOut, status=201, unverified=True,
+         summary="Register an enterprise (a self-registered account: only that of its own credit code)")
     def register(self, call):
         body = call.body
         own_record(call.principal, body["credit_code"])
@@ -67,7 +71,12 @@ class EnterprisesService(ServiceBase):
                 "industry": body["industry"], "size": body["size"]}
         event = self._event(call, "enterprise.registered", body["credit_code"], 1, data)
         doc = {"_id": body["credit_code"], "name": data["name"], "region": body["region"],
-               "industry": body["industry"], "size": body["size"], "registered_at": self.clock.now()}
+               "industry": body["industry"], "size": body["size"], "registered_at": self.clock.now(),
+               # Registered by an officer or a bound account: known. By a self-registered account: an
+               # officer verifies it, then that account (kept here) is bound to it.
+               "verified": call.principal.verified}
+        if call.principal.role == "enterprise":
+            doc["account"] = call.principal.account
         stored = self.store.register(doc, event, self.clock.now())
         if stored is None:
             raise Conflict(f"enterprise {body['credit_code']} is already registered",
@@ -83,11 +92,39 @@ class EnterprisesService(ServiceBase):
         return {"items": [enterprise_view(d) for d in docs],
                 "next_cursor": docs[-1]["_id"] if len(docs) == limit else None}
 
-    @api("GET", "/api/v1/enterprises/<enterprise_id>", roles=READERS, response=s.EnterpriseOut,
+    @api("GET", "/api/v1/enterprises/<enterprise_id>", roles=READERS, response=s.EnterpriseOut, unverified=True,
          summary="Get an enterprise")
     def get_enterprise(self, call):
         own_record(call.principal, call.path["enterprise_id"])
         return enterprise_view(self._enterprise(call.path["enterprise_id"]))
+
+    @api("POST", "/api/v1/enterprises/<enterprise_id>/verification", roles=("officer",), body=s.VerificationIn,
+         response=s.EnterpriseOut, summary="Verify a self-registered enterprise (实名认证): its account then acts for it")
+    def verify(self, call):
+        """The officer's check of who registered the enterprise stands in for 实名认证: a real integration
+        (the 电子营业执照 applet, the 政务服务网 legal-person sign-in) plugs in here and records its reference.
+        Safe to repeat: a verified enterprise is not verified twice, its account is bound again."""
+        enterprise_id = call.path["enterprise_id"]
+        for _ in range(3):
+            doc = self._enterprise(enterprise_id)
+            if doc.get("verified", True):
+                break
+            data = {"enterprise_id": enterprise_id, **call.body}
+            event = self._event(call, "enterprise.verified", enterprise_id, doc["seq"] + 1, data)
+            try:
+                doc = self.store.change_enterprise(doc, {"verified": True, "verification": dict(
+                    call.body, by=call.principal.id, at=self.clock.now())}, event, self.clock.now())
+                break
+            except ConcurrentChange:
+                continue
+        else:
+            raise Conflict("the enterprise kept changing; try again")
+        if doc.get("account"):
+            if self.realm is None:
+                raise Unavailable("the verification is recorded, but this service has no access to the identity "
+                                  "provider (IDENTITY_CLIENT_SECRET) to bind the account: repeat once it has")
+            self.realm.bind_organisation(doc["account"], enterprise_id)
+        return enterprise_view(doc)
 
     # -- qualifications ----------------------------------------------------------------------
     @api("POST", "/api/v1/enterprises/<enterprise_id>/qualifications", roles=("officer",), body=s.QualificationIn,

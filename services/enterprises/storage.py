@@ -20,6 +20,9 @@ class EnterpriseRepo(Repo):
         except DuplicateKeyError:
             return None
 
+    def change_enterprise(self, current, changes, event, now):
+        return self.update_aggregate(ENTERPRISES, current, changes, [event], now)
+
     def enterprise(self, enterprise_id):
         return self.db[ENTERPRISES].find_one({"_id": enterprise_id})
 

@@ -3,6 +3,7 @@ from marshmallow import Schema, ValidationError, fields, validate, validates_sch
 
 from ipvkit.contracts.common import REGION, CreditCode
 from ipvkit.contracts.provider import AGENCY_KINDS, AGENCY_STATUSES, CREDIT_LEVELS, SERVICE_CODE
+from ipvkit.text import Text
 from services.providers import domain
 
 REGION_PREFIX = validate.Regexp(r"^\d{2}(\d{2}(\d{2})?)?$",
@@ -22,21 +23,21 @@ def _not_blank(value):
 
 
 class Contact(Schema):
-    person = fields.String(required=True, validate=[validate.Length(1, 50), _not_blank])
-    phone = fields.String(required=True, validate=PHONE)
+    person = Text(required=True, validate=[validate.Length(1, 50), _not_blank])
+    phone = Text(required=True, validate=PHONE)
     email = fields.Email(load_default=None, allow_none=True)
 
 
 def _profile(required):
     """The agency's profile fields: all required at registration, any subset in a change."""
     return {
-        "name": fields.String(required=required, validate=[validate.Length(1, 200), _not_blank]),
-        "kind": fields.String(required=required, validate=validate.OneOf(AGENCY_KINDS),
-                              metadata={"description": "patent, trademark or both"}),
-        "licence_no": fields.String(required=required, validate=[validate.Length(1, 64), _not_blank],
-                                    metadata={"description": "专利代理机构执业许可证号 or 商标代理机构备案号"}),
-        "region": fields.String(required=required, validate=REGION, metadata={"example": "350102"}),
-        "service_codes": fields.List(fields.String(validate=SERVICE_CODE), required=required,
+        "name": Text(required=required, validate=[validate.Length(1, 200), _not_blank]),
+        "kind": Text(required=required, validate=validate.OneOf(AGENCY_KINDS),
+                     metadata={"description": "patent, trademark or both"}),
+        "licence_no": Text(required=required, validate=[validate.Length(1, 64), _not_blank],
+                           metadata={"description": "专利代理机构执业许可证号 or 商标代理机构备案号"}),
+        "region": Text(required=required, validate=REGION, metadata={"example": "350102"}),
+        "service_codes": fields.List(Text(validate=SERVICE_CODE), required=required,
                                      validate=[validate.Length(1, 100), _unique],
                                      metadata={"description": "catalogue service codes it offers, e.g. PAT-01"}),
         "contact": fields.Nested(Contact, required=required),
@@ -62,15 +63,15 @@ AgencyPatch = type("AgencyPatch", (Schema,), {**_profile(required=False), "_some
 
 
 class ReasonIn(Schema):
-    reason = fields.String(required=True, validate=[validate.Length(1, 500), _not_blank])
+    reason = Text(multiline=True, required=True, validate=[validate.Length(1, 500), _not_blank])
 
 
 class BlacklistIn(Schema):
-    list_type = fields.String(required=True, validate=validate.OneOf(LIST_TYPES),
-                              metadata={"description": "severe_dishonesty 严重失信, abnormal_operation 经营异常, other"})
-    reason = fields.String(required=True, validate=[validate.Length(1, 500), _not_blank])
-    source = fields.String(required=True, validate=[validate.Length(1, 200), _not_blank],
-                           metadata={"description": "who listed it, e.g. 国家企业信用信息公示系统"})
+    list_type = Text(required=True, validate=validate.OneOf(LIST_TYPES),
+                     metadata={"description": "severe_dishonesty 严重失信, abnormal_operation 经营异常, other"})
+    reason = Text(multiline=True, required=True, validate=[validate.Length(1, 500), _not_blank])
+    source = Text(required=True, validate=[validate.Length(1, 200), _not_blank],
+                  metadata={"description": "who listed it, e.g. 国家企业信用信息公示系统"})
     listed_from = fields.Date(required=True)
     listed_to = fields.Date(load_default=None, allow_none=True, metadata={"description": "last day; none = open-ended"})
 
@@ -89,16 +90,16 @@ class _IndicatorIn(Schema):
                            metadata={"description": "occurrences in the period"})
     points = fields.Integer(strict=True, load_default=None, allow_none=True, validate=validate.Range(0, 1000),
                             metadata={"description": "only for graded indicators (e.g. abnormal_filings, up to 40)"})
-    note = fields.String(load_default=None, allow_none=True, validate=validate.Length(1, 500),
-                         metadata={"description": "the evidence: decision number, case, date"})
+    note = Text(multiline=True, load_default=None, allow_none=True, validate=validate.Length(1, 500),
+                metadata={"description": "the evidence: decision number, case, date"})
 
 
 class DeductionIn(_IndicatorIn):
-    indicator = fields.String(required=True, validate=validate.OneOf(domain.ALL_DEDUCTIONS))
+    indicator = Text(required=True, validate=validate.OneOf(domain.ALL_DEDUCTIONS))
 
 
 class BonusIn(_IndicatorIn):
-    indicator = fields.String(required=True, validate=validate.OneOf(domain.ALL_BONUSES))
+    indicator = Text(required=True, validate=validate.OneOf(domain.ALL_BONUSES))
 
 
 def _once_each(items):
@@ -110,7 +111,7 @@ class EvaluationIn(Schema):
     period_to = fields.Date(required=True, metadata={"description": "its last day picks the rules in force"})
     deductions = fields.List(fields.Nested(DeductionIn), load_default=list, validate=[validate.Length(max=50), _once_each])
     bonuses = fields.List(fields.Nested(BonusIn), load_default=list, validate=[validate.Length(max=20), _once_each])
-    note = fields.String(load_default=None, allow_none=True, validate=validate.Length(1, 1000))
+    note = Text(multiline=True, load_default=None, allow_none=True, validate=validate.Length(1, 1000))
 
     @validates_schema
     def _order(self, data, **_):
@@ -151,17 +152,17 @@ class AgencyOut(Schema):
 
 class PageQuery(Schema):
     limit = fields.Integer(load_default=50, validate=validate.Range(1, 200))
-    after = fields.String(validate=validate.Length(1, 64), metadata={"description": "next_cursor of the previous page"})
+    after = Text(validate=validate.Length(1, 64), metadata={"description": "next_cursor of the previous page"})
 
 
 class AgencyQuery(PageQuery):
-    kind = fields.String(validate=validate.OneOf(AGENCY_KINDS))
-    region = fields.String(validate=REGION_PREFIX)
-    service_code = fields.String(validate=SERVICE_CODE)
-    level = fields.String(validate=validate.OneOf(CREDIT_LEVELS + (domain.UNRATED,)))
-    status = fields.String(validate=validate.OneOf(AGENCY_STATUSES))
+    kind = Text(validate=validate.OneOf(AGENCY_KINDS))
+    region = Text(validate=REGION_PREFIX)
+    service_code = Text(validate=SERVICE_CODE)
+    level = Text(validate=validate.OneOf(CREDIT_LEVELS + (domain.UNRATED,)))
+    status = Text(validate=validate.OneOf(AGENCY_STATUSES))
     blacklisted = fields.Boolean()
-    q = fields.String(validate=validate.Length(1, 100), metadata={"description": "part of the name"})
+    q = Text(validate=validate.Length(1, 100), metadata={"description": "part of the name"})
 
 
 class AgencyPage(Schema):
@@ -234,8 +235,8 @@ class RatingOut(Schema):
 
 
 class RecommendationQuery(Schema):
-    service_code = fields.String(required=True, validate=SERVICE_CODE)
-    region = fields.String(validate=REGION_PREFIX, metadata={"description": "agencies in this province/city/district"})
+    service_code = Text(required=True, validate=SERVICE_CODE)
+    region = Text(validate=REGION_PREFIX, metadata={"description": "agencies in this province/city/district"})
     limit = fields.Integer(load_default=10, validate=validate.Range(1, 50))
 
 
@@ -255,3 +256,15 @@ class RecommendationList(Schema):
     region = fields.String(allow_none=True)
     eligibility_line = fields.String(required=True)
     items = fields.List(fields.Nested(Recommendation), required=True)
+
+
+class InvitationIn(Schema):
+    email = fields.Email(required=True, validate=validate.Length(3, 254),
+                         metadata={"description": "the agency person's e-mail: their username"})
+
+
+class InvitationOut(Schema):
+    agency_id = fields.String(required=True)
+    username = fields.String(required=True)
+    one_time_password = fields.String(required=True, metadata={
+        "description": "hand it to the person out of band; Keycloak makes them replace it at the first sign-in"})

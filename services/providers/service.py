@@ -9,8 +9,9 @@ from ipvkit import contracts  # noqa: F401 - registers every event schema
 from ipvkit.clock import Clock, utc_iso
 from ipvkit.consumer import consume
 from ipvkit.contracts.provider import CREDIT_LEVELS
-from ipvkit.errors import Conflict, Forbidden, IllegalTransition, NotFound, RuleRefused
+from ipvkit.errors import Conflict, Forbidden, IllegalTransition, NotFound, RuleRefused, Unavailable
 from ipvkit.http import ServiceBase, api
+from ipvkit.realm_admin import Realm
 from ipvkit.storage import ConcurrentChange
 from services.providers import domain, metrics
 from services.providers import schemas as s
@@ -85,6 +86,7 @@ class ProvidersService(ServiceBase):
     store = ProviderStore()
     clock = Clock()
     policy = Policy()
+    realm = Realm()
 
     def _agency(self, agency_id, history=False):
         doc = self.store.agency(agency_id, history=history)
@@ -162,6 +164,20 @@ class ProvidersService(ServiceBase):
     def get_agency(self, call):
         own_agency(call.principal, call.path["agency_id"])
         return self._view(self._agency(call.path["agency_id"]))
+
+    @api("POST", "/api/v1/agencies/<agency_id>/invitations", roles=("officer",), body=s.InvitationIn,
+         response=s.InvitationOut, status=201, summary="Invite a person of the agency: an account that acts for it")
+    def invite(self, call):
+        """Agencies join by invitation: the officer who registered the agency makes its person's account,
+        bound to it, with a one-time password. With e-mail configured in the realm, Keycloak's own
+        execute-actions e-mail can carry the invitation instead."""
+        agency_id = call.path["agency_id"]
+        if self._agency(agency_id)["status"] != "active":
+            raise RuleRefused("agency_not_active", f"agency {agency_id} is not active: no new accounts for it")
+        if self.realm is None:
+            raise Unavailable("this service has no access to the identity provider (IDENTITY_CLIENT_SECRET)")
+        username, password = self.realm.invite(call.body["email"], "agency", agency_id)
+        return 201, {"agency_id": agency_id, "username": username, "one_time_password": password}
 
     @api("PATCH", "/api/v1/agencies/<agency_id>", roles=("agency", "officer"), body=s.AgencyPatch,
          response=s.AgencyOut, summary="Change an agency's profile (scope, region, contact, affiliations)")

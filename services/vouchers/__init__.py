@@ -1,1 +1,1 @@
-"""The vouchers service: not built yet (see the open issues)."""
+"""The vouchers service: programmes and their budgets, voucher issuance, orders, delivery, claims and payment."""

@@ -3,6 +3,7 @@ from marshmallow import Schema, ValidationError, fields, validate, validates_sch
 
 from ipvkit.contracts.common import ID, REGION, TIERS
 from ipvkit.contracts.voucher import POSITIVE_FEN, REDEMPTION_MODELS, CatalogueItem, Evidence, TierTerms
+from ipvkit.text import Text
 from services.vouchers.domain import CLAIM_STATES, ORDER_STATES, PROGRAMME_STATES, VOUCHER_STATES
 
 
@@ -11,16 +12,16 @@ def fen_out(**kw):
 
 
 class ProgrammeIn(Schema):
-    name = fields.String(required=True, validate=validate.Length(1, 200))
-    region = fields.String(required=True, validate=REGION, metadata={"example": "331021"})
-    fund_source = fields.String(required=True, validate=validate.Length(1, 64),
-                                metadata={"example": "中小企业发展专项资金"})
+    name = Text(required=True, validate=validate.Length(1, 200))
+    region = Text(required=True, validate=REGION, metadata={"example": "331021"})
+    fund_source = Text(required=True, validate=validate.Length(1, 64),
+                       metadata={"example": "中小企业发展专项资金"})
     budget_fen = fields.Integer(required=True, strict=True, validate=POSITIVE_FEN)
     opens_on = fields.Date(required=True)
     closes_on = fields.Date(required=True)
     validity_days = fields.Integer(required=True, strict=True, validate=validate.Range(1, 3660))
-    redemption_model = fields.String(required=True, validate=validate.OneOf(REDEMPTION_MODELS),
-                                     metadata={"description": "enterprise_pays 企业兑付 / agency_redeems 机构兑付"})
+    redemption_model = Text(required=True, validate=validate.OneOf(REDEMPTION_MODELS),
+                            metadata={"description": "enterprise_pays 企业兑付 / agency_redeems 机构兑付"})
     tiers = fields.List(fields.Nested(TierTerms), required=True, validate=validate.Length(1, 10))
     catalogue = fields.List(fields.Nested(CatalogueItem), required=True, validate=validate.Length(1, 500))
 
@@ -49,11 +50,11 @@ class ProgrammeOut(Schema):
 
 class PageQuery(Schema):
     limit = fields.Integer(load_default=50, validate=validate.Range(1, 200))
-    after = fields.String(validate=ID, metadata={"description": "next_cursor of the previous page"})
+    after = Text(validate=ID, metadata={"description": "next_cursor of the previous page"})
 
 
 class ProgrammeQuery(PageQuery):
-    status = fields.String(validate=validate.OneOf(PROGRAMME_STATES))
+    status = Text(validate=validate.OneOf(PROGRAMME_STATES))
 
 
 class ProgrammePage(Schema):
@@ -72,9 +73,9 @@ class BalancesOut(Schema):
 
 
 class ApplyIn(Schema):
-    programme_id = fields.String(required=True, validate=ID)
-    tier = fields.String(validate=validate.OneOf(TIERS),
-                         metadata={"description": "defaults to the held tier with the largest face value"})
+    programme_id = Text(required=True, validate=ID)
+    tier = Text(validate=validate.OneOf(TIERS),
+                metadata={"description": "defaults to the held tier with the largest face value"})
 
 
 class VoucherOut(Schema):
@@ -95,9 +96,9 @@ class VoucherOut(Schema):
 
 
 class VoucherQuery(PageQuery):
-    programme_id = fields.String(validate=ID)
-    enterprise_id = fields.String(validate=ID)
-    status = fields.String(validate=validate.OneOf(VOUCHER_STATES))
+    programme_id = Text(validate=ID)
+    enterprise_id = Text(validate=ID)
+    status = Text(validate=validate.OneOf(VOUCHER_STATES))
 
 
 class VoucherPage(Schema):
@@ -106,13 +107,13 @@ class VoucherPage(Schema):
 
 
 class ReasonIn(Schema):
-    reason = fields.String(required=True, validate=validate.Length(1, 500))
+    reason = Text(multiline=True, required=True, validate=validate.Length(1, 500))
 
 
 class OrderIn(Schema):
-    voucher_id = fields.String(required=True, validate=ID)
-    agency_id = fields.String(required=True, validate=ID)
-    service_code = fields.String(required=True, validate=validate.Length(1, 16))
+    voucher_id = Text(required=True, validate=ID)
+    agency_id = Text(required=True, validate=ID)
+    service_code = Text(required=True, validate=validate.Length(1, 16))
     price_fen = fields.Integer(required=True, strict=True, validate=POSITIVE_FEN,
                                metadata={"description": "the price agreed with the agency, before subsidy"})
     deliver_by = fields.Date(required=True)
@@ -152,8 +153,8 @@ class OrderOut(Schema):
 
 
 class OrderQuery(PageQuery):
-    voucher_id = fields.String(validate=ID)
-    state = fields.String(validate=validate.OneOf(ORDER_STATES))
+    voucher_id = Text(validate=ID)
+    state = Text(validate=validate.OneOf(ORDER_STATES))
 
 
 class OrderPage(Schema):
@@ -168,15 +169,15 @@ class DeliverIn(Evidence):
 
 class ResolveIn(Schema):
     upheld = fields.Boolean(required=True, metadata={"description": "true: the enterprise was right; the hold is released"})
-    resolution = fields.String(required=True, validate=validate.Length(1, 500))
+    resolution = Text(multiline=True, required=True, validate=validate.Length(1, 500))
 
 
 class ClaimIn(Schema):
-    order_id = fields.String(required=True, validate=ID)
+    order_id = Text(required=True, validate=ID)
 
 
 class ClaimQuery(PageQuery):
-    state = fields.String(validate=validate.OneOf(CLAIM_STATES))
+    state = Text(validate=validate.OneOf(CLAIM_STATES))
 
 
 class ClaimPage(Schema):
@@ -185,6 +186,6 @@ class ClaimPage(Schema):
 
 
 class PayIn(Schema):
-    payment_ref = fields.String(required=True, validate=validate.Length(1, 128))
+    payment_ref = Text(required=True, validate=validate.Length(1, 128))
     paid_on = fields.Date(metadata={"description": "defaults to today (UTC)"})
 

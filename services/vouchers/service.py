@@ -2,6 +2,7 @@
 import logging
 from datetime import timedelta
 
+from nameko.dependency_providers import Config
 from nameko.rpc import rpc
 from nameko.timer import timer
 
@@ -79,6 +80,7 @@ class VouchersService(ServiceBase):
     name = NAME
     store = VoucherStore()
     clock = Clock()
+    config = Config()
 
     def _event(self, actor, type_, aggregate_id, sequence, data, correlation_id=None):
         return new_event(type=type_, producer=NAME, aggregate_id=aggregate_id, sequence=sequence, data=data,
@@ -251,7 +253,7 @@ class VouchersService(ServiceBase):
                "tier": entry["tier"], "face_value_fen": face, "free_fen": face, "held_fen": 0, "paid_fen": 0,
                "returned_fen": 0, "status": "live", "valid_from": entry["valid_from"], "valid_to": entry["valid_to"],
                "revision_id": entry["revision_id"], "redemption_model": entry["redemption_model"],
-               "issue_no": issue_no, "issued_at": self.clock.now(), "orders": {}, "agencies": [],
+               "issue_no": issue_no, "issued_at": self.clock.now(), "orders": {}, "order_count": 0, "agencies": [],
                "claims_submitted": 0, "claims_approved": 0, "claims_total": 0}
         voucher = self.store.insert_voucher(doc, event, self.clock.now())
         self.store.settle_reservation(programme["_id"], voucher_id)
@@ -341,6 +343,10 @@ class VouchersService(ServiceBase):
             domain.check_agency(agency, item, voucher["enterprise_id"], today)
             if voucher["free_fen"] == 0:
                 raise Conflict("the voucher has no free balance left", free_fen=0)
+            max_orders = int(self.config.get("VOUCHER_MAX_ORDERS") or 20)
+            if voucher.get("order_count", len(voucher["orders"])) >= max_orders:
+                raise RuleRefused("voucher_order_limit", f"a voucher holds at most {max_orders} orders",
+                                  max_orders=max_orders)
             amount, copay = domain.subsidy(body["price_fen"], item["subsidy_ratio_bp"], item["item_cap_fen"],
                                            voucher["free_fen"])
             if amount == 0:
@@ -360,8 +366,9 @@ class VouchersService(ServiceBase):
             balance = amount if amount == voucher["free_fen"] else {"$gte": amount}
             stored = self._change_voucher(
                 voucher, {"status": "live", "valid_to": {"$gte": today.isoformat()}, "free_fen": balance,
-                                 f"orders.{order_id}": {"$exists": False}},
-                [event], inc={"free_fen": -amount, "held_fen": amount},
+                          f"orders.{order_id}": {"$exists": False},
+                          "$or": [{"order_count": {"$lt": max_orders}}, {"order_count": {"$exists": False}}]},
+                [event], inc={"free_fen": -amount, "held_fen": amount, "order_count": 1},
                 set_={f"orders.{order_id}": order}, add={"agencies": body["agency_id"]})
             if stored is not None:
                 return 201, order_view(stored, order_id)

@@ -30,8 +30,11 @@ from tests.issuer import LocalIssuer
 ROOT = Path(__file__).resolve().parents[2]
 PY = sys.executable
 # The shared stack's settings must not leak into the private one (stack.sh would treat it as external).
+# Keycloak is the exception: the private stack's services trust the tests' own issuer, so the shared
+# Keycloak (KEYCLOAK_URL) stays someone else's server to stack.sh, not one it would import a realm into
+# with the private var dir's (absent) admin password.
 SHARED_VARS = ("AMQP_URI", "MONGO_URI", "TEST_AMQP_URI", "IPV_LOCAL_STACK", "IPV_VAR", "IPV_AMQP_PORT",
-               "IPV_RABBIT_DIST_PORT", "IPV_MONGO_PORT", "IPV_RABBIT_NODE")
+               "IPV_RABBIT_DIST_PORT", "IPV_MONGO_PORT", "IPV_RABBIT_NODE", "IPV_LOCAL_KEYCLOAK")
 
 
 def free_port():
@@ -188,11 +191,16 @@ class Tap:
         return got
 
 
+# The workload drivers run until the test has seen what it needs (a count of acknowledged writes or
+# completed chains, see `wait_for`) and touches their stop file; this only bounds a run whose test died.
+SAFETY_CAP_S = 900
+
+
 class Workload:
     """The workload driver (tests/faults/workload.py) in its own process, so it keeps sending while
     this process restarts servers."""
 
-    def __init__(self, service, clients=4, kind="register", at_most=40):
+    def __init__(self, service, clients=4, kind="register", at_most=SAFETY_CAP_S):
         name = f"workload-{uuid.uuid4().hex[:6]}"
         self.out, self.stop_file = service.stack.var / f"{name}.jsonl", service.stack.var / f"{name}.stop"
         self.proc = subprocess.Popen(
@@ -200,12 +208,26 @@ class Workload:
              "--clients", str(clients), "--stop-file", str(self.stop_file)],
             cwd=ROOT, env=dict(os.environ, **service.signer.to_env()))
 
-    def wait_for_success_after(self, moment, timeout=30):
+    def so_far(self):
+        """Every outcome written so far (the driver is still running)."""
+        lines = self.out.read_text().splitlines() if self.out.exists() else []
+        return [json.loads(line) for line in lines if line.endswith("}")]
+
+    def wait_for(self, what, enough, timeout=240):
+        """Until `enough(outcomes so far)`: a slow machine makes this slower, not red; the generous
+        `timeout` only catches a system that stopped making progress."""
+        try:
+            wait_until(what, lambda: enough(self.so_far()), timeout, interval=0.5)
+        except TimeoutError:
+            outcomes = self.so_far()
+            raise AssertionError(f"{what}: not reached within {timeout} s; {len(outcomes)} requests, "
+                                 f"{sum(r['status'] in (200, 201) for r in outcomes)} acknowledged, the last ones: "
+                                 f"{outcomes[-3:]}") from None
+
+    def wait_for_success_after(self, moment, timeout=120):
         """Until a write issued after `moment` succeeded: the system is serving again."""
-        def served():
-            lines = self.out.read_text().splitlines() if self.out.exists() else []
-            return any(r["issued"] > moment and r["status"] in (200, 201) for r in map(json.loads, lines))
-        wait_until("a write issued after recovery succeeded", served, timeout)
+        self.wait_for("a write issued after recovery succeeded", lambda outcomes: any(
+            r["issued"] > moment and r["status"] in (200, 201) for r in outcomes), timeout)
 
     def results(self, timeout=60):
         """Stops issuing new writes, waits for the ones in flight, returns every outcome."""
@@ -218,7 +240,7 @@ class MoneyWorkload(Workload):
     """tests/faults/money_workload.py in its own process: each client walks its enterprises
     through apply, order, deliver, confirm, claim, approve, pay (`plan`: see that module)."""
 
-    def __init__(self, service, plan, at_most=40):
+    def __init__(self, service, plan, at_most=SAFETY_CAP_S):
         name = f"money-{uuid.uuid4().hex[:6]}"
         self.out, self.stop_file = service.stack.var / f"{name}.jsonl", service.stack.var / f"{name}.stop"
         plan_file = service.stack.var / f"{name}.plan.json"

@@ -6,7 +6,9 @@ ends that enterprise's chain. Every outcome is one JSON line in OUT:
 `{"op", "enterprise", "on" (the id it acted on), "id" (the id it made or acted on, on a 2xx), "status",
 "seen", "issued"}`.
 
-    python -m tests.faults.money_workload PLAN.json OUT --seconds 40 --stop-file F
+    python -m tests.faults.money_workload PLAN.json OUT --stop-file F [--seconds CAP]
+Runs until the stop file exists (the test waits for the chains it needs first) or its enterprises
+are done; --seconds is only a safety cap.
 PLAN: {"base", "programme_id", "agencies": [...], "enterprises": [[client 0's], [client 1's], ...]}
 """
 import argparse
@@ -68,7 +70,7 @@ def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("plan")
     parser.add_argument("out")
-    parser.add_argument("--seconds", type=float, default=40)
+    parser.add_argument("--seconds", type=float, default=900, help="a safety cap; the test stops it with --stop-file")
     parser.add_argument("--stop-file", help="start no new chain once this file exists")
     args = parser.parse_args()
     plan = json.loads(open(args.plan).read())

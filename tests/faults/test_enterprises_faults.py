@@ -53,37 +53,41 @@ def settle_and_check(stack, service, results, recovered_at):
     problems, figures = registration_problems(results, list(docs.find()), service.tap.drain())
     print("figures:", figures)
     assert not problems, f"{problems}; {figures}"
-    assert figures["acknowledged"] >= 10, figures
     after = [r for r in results if r["issued"] > recovered_at]
     assert all(r["status"] in (200, 201) for r in after), f"not recovered: {after[:5]}"
     return figures
 
 
-def test_kill_minus_9_of_the_service_loses_no_acknowledged_registration(stack, enterprises):
-    work = Workload(enterprises)
-    time.sleep(2)
-    enterprises.kill9()
-    enterprises.start()
+def acknowledged(at_least):
+    return lambda outcomes: sum(r["status"] in (200, 201) for r in outcomes) >= at_least
+
+
+def run_through(work, fault):
+    """Registrations flowing, the fault, then on until 10 are acknowledged and one issued after the
+    recovery is: however slow the machine, never a fixed time. Returns when it recovered."""
+    work.wait_for("registrations flowing before the fault", acknowledged(3))
+    fault()
     recovered = time.time()
     work.wait_for_success_after(recovered)      # the workload goes on against the recovered stack
+    work.wait_for("10 registrations acknowledged", acknowledged(10))
+    return recovered
+
+
+def test_kill_minus_9_of_the_service_loses_no_acknowledged_registration(stack, enterprises):
+    work = Workload(enterprises)
+    recovered = run_through(work, lambda: (enterprises.kill9(), enterprises.start()))
     settle_and_check(stack, enterprises, work.results(), recovered)
 
 
 def test_a_rabbitmq_restart_loses_no_acknowledged_registration_nor_its_event(stack, enterprises):
     work = Workload(enterprises)
-    time.sleep(1.5)
-    stack.restart_rabbit()
-    recovered = time.time()
-    work.wait_for_success_after(recovered)      # the workload goes on against the recovered stack
+    recovered = run_through(work, stack.restart_rabbit)
     settle_and_check(stack, enterprises, work.results(), recovered)
 
 
 def test_a_ferretdb_crash_and_restart_loses_no_acknowledged_registration(stack, enterprises):
     work = Workload(enterprises)
-    time.sleep(2)
-    stack.restart_ferret()
-    recovered = time.time()
-    work.wait_for_success_after(recovered)      # the workload goes on against the recovered stack
+    recovered = run_through(work, stack.restart_ferret)
     figures = settle_and_check(stack, enterprises, work.results(), recovered)
     assert "500" not in figures["answers"], figures     # an outage is a 503 to retry, not a bug
 
@@ -107,7 +111,7 @@ def test_kill_minus_9_while_consuming_applies_every_event_exactly_once(stack, en
                 enterprises.kill9()
         enterprises.start()
     notes = MongoClient(stack.mongo_uri)[enterprises.db].notifications
-    wait_until("every event applied", lambda: notes.count_documents({}) >= len(sent), 30)
+    wait_until("every event applied", lambda: notes.count_documents({}) >= len(sent), 180)
     time.sleep(1)                                       # nothing more arrives
     assert notes.count_documents({}) == len(sent)
     assert {n["event_id"] for n in notes.find()} == {e["event_id"] for e in sent}

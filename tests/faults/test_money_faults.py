@@ -28,6 +28,9 @@ from tests.hostile.profiles import credit_code
 pytestmark = pytest.mark.integration
 
 FACE_FEN, SUBSIDY_FEN, CLIENTS, PER_CLIENT = 2_000_000, PRICE_FEN // 2, 4, 40
+# Each test runs until this many chains are paid, this many of them begun on the recovered stack: a slow
+# machine takes longer, it does not fail (the waits fail only when nothing moves for minutes).
+PAID_CHAINS, PAID_AFTER_RECOVERY = 5, 2
 # (step, order state, claim state) after each step of the chain, in order.
 LADDER = [("apply", None, None), ("order", "placed", None), ("deliver", "delivered", None),
           ("confirm", "confirmed", None), ("claim", "claimed", "submitted"), ("approve", "claimed", "approved"),
@@ -86,7 +89,7 @@ class Money:
         self.programme_id = created["programme_id"]
         self.post(f"/api/v1/programmes/{self.programme_id}/open", None)
         wait_until("read models fed", lambda: self.db.qualifications.count_documents({}) == len(everyone)
-                   and self.db.agencies.count_documents({}) == len(AGENCIES), 60)
+                   and self.db.agencies.count_documents({}) == len(AGENCIES), 300)
 
     def post(self, path, body):
         response = requests.post(self.vouchers.base + path, json=body, headers=self.officer, timeout=10)
@@ -110,15 +113,28 @@ def money():
     money.stop()
 
 
+def acknowledged(outcomes):
+    return [r for r in outcomes if r["status"] in (200, 201)]
+
+
+def chains_paid(recovered):
+    def enough(outcomes):
+        paid = {r["enterprise"] for r in acknowledged(outcomes) if r["op"] == "pay"}
+        begun_after = {r["enterprise"] for r in outcomes if r["op"] == "apply" and r["issued"] > recovered}
+        return len(paid) >= PAID_CHAINS and len(paid & begun_after) >= PAID_AFTER_RECOVERY
+    return enough
+
+
 def run_with_fault(money, fault):
     work = MoneyWorkload(money.vouchers, money.plan())
-    time.sleep(2.5)
+    work.wait_for("money moving before the fault (3 steps acknowledged)", lambda o: len(acknowledged(o)) >= 3)
     started = time.time()
     fault()
     recovered = time.time()
     work.wait_for_success_after(recovered)
     served = time.time()
-    time.sleep(2)       # some chains run wholly on the recovered stack
+    work.wait_for(f"{PAID_CHAINS} chains paid, {PAID_AFTER_RECOVERY} of them begun after the recovery",
+                  chains_paid(recovered))
     results = work.results()
     figures = check(money, results, recovered)
     figures.update(fault_s=round(recovered - started, 1), serving_again_s=round(served - recovered, 1))
@@ -131,7 +147,7 @@ def check(money, results, recovered):
     # A reservation a failed apply left is finished by the 10 s sweep once 30 s old. An outbox
     # whose write lost its answer (the database died) is found only by the relay's scan, once per
     # 30 s lease, after that write's own lease ran out: up to two leases.
-    wait_until("no reservation pending", lambda: not any(p.get("pending") for p in money.db.programmes.find()), 45)
+    wait_until("no reservation pending", lambda: not any(p.get("pending") for p in money.db.programmes.find()), 120)
     pending_s = time.monotonic() - settle_started
     wait_until("outboxes empty", lambda: not any(
         money.db[c].count_documents({"outbox.0": {"$exists": True}}) for c in ("vouchers", "programmes")),
@@ -156,7 +172,6 @@ def check(money, results, recovered):
                "reservations_settled_s": round(pending_s, 1), "outbox_settled_s": round(settled_s, 1),
                **ledger_figures}
     assert not problems, f"{problems}; {figures}"
-    assert figures["acknowledged_by_step"].get("pay", 0) >= 5, figures
     return figures
 
 
@@ -259,7 +274,7 @@ def ledger_problems(money, vouchers, problems):
         ledger = entries(money.audit.base, auditor)
         return wanted <= {e["event_id"] for e in ledger}
     try:
-        wait_until("every tapped event in the ledger", complete, 30, interval=1)
+        wait_until("every tapped event in the ledger", complete, 180, interval=1)
     except TimeoutError:
         problems.append(f"{len(wanted - {e['event_id'] for e in ledger})} of {len(wanted)} events not in the ledger")
     in_ledger = Counter(e["event_id"] for e in ledger)

@@ -1,9 +1,9 @@
-"""Workload driver for the fault tests: several clients register enterprises for N seconds, each
+"""Workload driver for the fault tests: several clients register enterprises until told to stop, each
 request retried with its Idempotency-Key like a careful client would (connection errors, 5xx,
 "still in progress") until it gets a definite answer or its retry budget runs out. Every outcome
 is one JSON line in OUT, so the test can check that every acknowledged write survived.
 
-    python -m tests.faults.workload register http://127.0.0.1:PORT OUT --seconds 8 --clients 4 [--stop-file F]
+    python -m tests.faults.workload register http://127.0.0.1:PORT OUT --stop-file F [--clients 4] [--seconds CAP]
 """
 import argparse
 import json
@@ -57,7 +57,7 @@ def main():
     parser.add_argument("kind", choices=sorted(OPERATIONS))
     parser.add_argument("base")
     parser.add_argument("out")
-    parser.add_argument("--seconds", type=float, default=8)
+    parser.add_argument("--seconds", type=float, default=900, help="a safety cap; the test stops it with --stop-file")
     parser.add_argument("--clients", type=int, default=4)
     parser.add_argument("--stop-file", help="stop issuing new writes once this file exists")
     args = parser.parse_args()

@@ -12,6 +12,7 @@ is in the body; register it in PROFILES; add a `SAMPLES` entry for every event t
 """
 import itertools
 import json
+import time
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta, timezone
 
@@ -142,6 +143,37 @@ def seed_vouchers(client):
                 path={"programme_id": pid, "voucher_id": vouchers[0], "order_id": orders[0]})
 
 
+def seed_audit(client):
+    """A programme, a voucher and an order in the ledger (fed to its consumer), read models built from
+    them, and a signed checkpoint: so proofs, reports and entries answer with real records."""
+    code, today = credit_code(), date.today().isoformat()
+    programme = {"programme_id": "p-1", "name": "玉环市知识产权服务券", "region": "331021",
+                 "fund_source": "中小企业发展专项资金", "budget_fen": 10_000_000, "opens_on": "2026-01-01",
+                 "closes_on": "2026-12-31", "validity_days": 180, "redemption_model": "agency_redeems",
+                 "tiers": [{"tier": "srdi_sme", "face_value_fen": 2_000_000, "annual_cap_fen": 10_000_000}],
+                 "catalogue": [{"service_code": "PAT-01", "name": "专利导航分析", "subsidy_ratio_bp": 5000,
+                                "item_cap_fen": 1_000_000, "agency_kinds": ["patent"]}]}
+    voucher = {"programme_id": "p-1", "voucher_id": "v-1", "enterprise_id": code}
+    for event in (
+            _event("programme.created", "vouchers", "p-1", programme),
+            _event("voucher.issued", "vouchers", "v-1", dict(voucher, tier="srdi_sme", face_value_fen=2_000_000,
+                                                              valid_from=today, valid_to="2026-12-31",
+                                                              budget_remaining_fen=8_000_000)),
+            _event("order.placed", "vouchers", "o-1", dict(voucher, order_id="o-1", agency_id="ag-1",
+                                                            service_code="PAT-01", price_fen=1_000_000,
+                                                            subsidy_fen=500_000, copay_fen=500_000,
+                                                            redemption_model="agency_redeems", deliver_by=today))):
+        _feed(client, "record", event)
+    checkpoint = client("POST", "/api/v1/audit/checkpoints", "ops", "ops-1")
+    assert checkpoint.status_code == 201, checkpoint.text
+    # The checkpoint's own event comes back through the audit exchange: recorded before the test starts.
+    deadline = time.monotonic() + 60
+    while client("GET", "/api/v1/audit/head", "auditor", "auditor-1").json()["size"] < 4:
+        assert time.monotonic() < deadline, "the checkpoint's event was not recorded within 60 s"
+        time.sleep(0.1)
+    return Seed(path={"position": "1", "size": str(checkpoint.json()["size"])})
+
+
 PROFILES = {
     "enterprises": Profile(
         seed=seed_enterprises,
@@ -157,7 +189,7 @@ PROFILES = {
     "vouchers": Profile(seed=seed_vouchers),
     # Reconciliation asks the vouchers service, which these one-service tests do not run: its 503
     # should come fast.
-    "audit": Profile(config={"AUDIT_RPC_TIMEOUT_S": 0.5}),
+    "audit": Profile(seed=seed_audit, config={"AUDIT_RPC_TIMEOUT_S": 0.5}),
 }
 
 

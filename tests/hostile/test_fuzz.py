@@ -87,3 +87,9 @@ def test_fuzzed_requests_never_get_a_5xx_and_every_answer_matches_the_document(s
             except Exception as exc:  # noqa: BLE001 - collect every operation's failure, then report
                 failures.append(f"{operation.method.upper()} {operation.path} ({mode.value}): {exc}")
     assert not failures, "\n\n".join(failures)
+
+
+def test_every_route_documents_what_it_answers_so_the_fuzzing_can_check_it():
+    undocumented = [f"{service} {h.method} {h.url}" for service, cls in SERVICES.items()
+                    for _, h in api_routes(cls) if h.response_schema is None and not h.other_types]
+    assert not undocumented, undocumented

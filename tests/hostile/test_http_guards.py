@@ -1,4 +1,7 @@
 """Generic HTTP guards in ipvkit.http that fuzzing showed were missing."""
+import json
+import socket
+
 import pytest
 import requests
 from marshmallow import Schema, fields
@@ -55,3 +58,35 @@ def test_a_path_or_method_no_route_takes_is_a_json_error_too(container_factory, 
         assert response.json()["error"] == {404: "not_found", 405: "method_not_allowed"}[status]
     assert "POST" in requests.delete(f"{base}/things", headers=auth).headers["Allow"]
     assert requests.get(f"{base}/healthz").json() == {"status": "ok"}     # ops routes share the server
+
+
+def raw(address, data):
+    host, port = address.split(":")
+    with socket.create_connection((host, int(port)), timeout=5) as sock:
+        sock.sendall(data)
+        received = b""
+        while chunk := sock.recv(65536):
+            received += chunk
+    head, _, body = received.partition(b"\r\n\r\n")
+    return int(head.split()[1]), head.decode("latin-1").lower(), body
+
+
+def test_what_the_http_server_refuses_before_any_route_is_a_json_error_too(container_factory, service_config):
+    container = container_factory(Echo, service_config)
+    container.start()
+    address = service_config["WEB_SERVER_ADDRESS"]
+    for request, status, code in [
+        (b"GET /things/1?" + b"a" * 9000 + b" HTTP/1.1\r\nHost: x\r\n\r\n", 414, "uri_too_long"),
+        (b"GET /things/1 HTTP/1.1\r\nHost: x\r\nX-Padding: " + b"p" * 9000 + b"\r\n\r\n", 431, "headers_too_large"),
+        (b"GET /things/1 HTTP/1.1\r\nHost: x\r\n" + b"X-A: b\r\n" * 9000 + b"\r\n", 431, "headers_too_large"),
+        (b"POST /things HTTP/1.1\r\nHost: x\r\nContent-Length: -5\r\n\r\n", 400, "invalid_request"),
+        (b"POST /things HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\nTransfer-Encoding: chunked\r\n\r\n{}",
+         400, "invalid_request"),
+        (b"GET /things/1 HTTP/7.0\r\nHost: x\r\n\r\n", 505, "invalid_request"),
+        (b"NOT HTTP AT ALL\r\n\r\n", 400, "invalid_request"),
+        (b'GET /things/1 HTTP/1.1"<x>\r\n\r\n', 400, "invalid_request"),
+    ]:
+        got, head, body = raw(address, request)
+        assert (got, "content-type: application/json" in head) == (status, True), (request[:50], got, head, body)
+        assert json.loads(body)["error"] == code and json.loads(body)["message"]
+    assert requests.get(f"http://{address}/healthz").json() == {"status": "ok"}    # still serving

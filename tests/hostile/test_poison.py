@@ -45,6 +45,10 @@ def poisons(event):
         ("unknown version 99", json.dumps(dict(event, version=99)).encode()),
         (f"bad {event['type']} v{event['version']} data", json.dumps(wrong_types).encode()),
         (f"exceeds {MAX_EVENT_BYTES}", json.dumps(oversized).encode()),
+        ("more than 32 deep", json.dumps(event).encode()[:-1] + b', "x": ' + b"[" * 5000 + b"]" * 5000 + b"}"),
+        ("more than once", json.dumps(event).encode()[:-1] + b', "type": "nobody.knows"}'),
+        ("lone surrogate", json.dumps(dict(event, aggregate_id="\ud800")).encode()),
+        ("control character", json.dumps(dict(event, producer="vouch\u202eers")).encode()),
     ]
     for _, body in cases:  # each really is malformed, so the test cannot pass by accident
         with pytest.raises(MalformedEvent):

@@ -5,6 +5,7 @@ import json
 
 import eventlet
 import pytest
+from nameko.testing.services import entrypoint_hook
 from pymongo import MongoClient
 
 from ipvkit.amqp import events_exchange
@@ -169,3 +170,46 @@ def test_proofs_verify_offline_and_fail_when_altered(audit, amqp_uri, event_tap)
     refused = api.get("/api/v1/audit/entries/5/proof", checkpoint=3)
     assert refused.status_code == 422 and refused.json()["rule"] == "entry_after_checkpoint"
     assert api.get("/api/v1/audit/checkpoints/4/consistency").status_code == 404
+
+
+def rewrite(db, position):
+    """Changes an entry's content and recomputes its own hash and leaf, as an insider covering tracks
+    would: the entry checks out alone, the link from the next one does not."""
+    doc = db.entries.find_one({"_id": key(position)})
+    event = dict(doc["event"], data=dict(doc["event"]["data"], name="改过的名字"))
+    encoded = ledger.canonical(event)
+    db.entries.update_one({"_id": key(position)}, {"$set": {
+        "event": event, "hash": ledger.chain_hash(doc["prev_hash"], encoded), "leaf": ledger.leaf_hash(encoded).hex()}})
+
+
+@pytest.mark.parametrize("since_last_checkpoint", [False, True])
+def test_no_checkpoint_is_signed_over_a_tampered_ledger_an_anomaly_is_raised_instead(
+        audit, amqp_uri, mongo_uri, event_tap, since_last_checkpoint):
+    api = audit()
+    flags = event_tap("audit", "audit.anomaly_detected")
+    ev = Events(amqp_uri)
+    enterprises(ev, 4)
+    wait_size(api, 4)
+    position = 1
+    if since_last_checkpoint:      # the check then reads only the entries after the checkpoint
+        assert api.post("/api/v1/audit/checkpoints", role="ops").status_code == 201
+        wait_size(api, 5)          # its own event
+        enterprises(ev, 3)
+        wait_size(api, 8)
+        position = 6
+    signed = [c["size"] for c in api.get("/api/v1/audit/checkpoints").json()["items"]]
+    rewrite(MongoClient(mongo_uri)[api.config["MONGO_DB"]], position)
+
+    refused = api.post("/api/v1/audit/checkpoints", role="ops")
+    assert refused.status_code == 422 and refused.json()["rule"] == "ledger_damaged", refused.text
+    assert [(p["kind"], p["position"]) for p in refused.json()["problems"]] == [
+        ("modified", position), ("broken_link", position + 1)]
+    flag = flags.next()["data"]
+    assert flag["rule"] == "ledger_tampered" and flag["ledger_positions"] == [position, position + 1]
+    assert len(flag["evidence_event_ids"]) == 2
+    assert "ipv_audit_ledger_problems 2.0" in api.get("/metrics").text
+    with entrypoint_hook(api.container, "periodic_checkpoint") as hook:   # the timer refuses as well
+        assert hook() is None
+    assert [c["size"] for c in api.get("/api/v1/audit/checkpoints").json()["items"]] == signed
+    listed = api.get("/api/v1/audit/anomalies", rule="ledger_tampered").json()["items"]
+    assert [a["anomaly_id"] for a in listed] == [flag["anomaly_id"]]        # raised once, not on every try

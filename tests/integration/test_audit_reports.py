@@ -309,6 +309,11 @@ def test_reconciliation_reports_each_difference_with_the_entries_behind_it(audit
     stand_in.start()
     agreed = api.get("/api/v1/audit/reconciliation").json()
     assert agreed["ok"] is True and [p["programme_id"] for p in agreed["programmes"]] == ["P1", "P2"]
+    assert agreed["next_cursor"] is None
+    first = api.get("/api/v1/audit/reconciliation", limit=1).json()    # a page of programmes at a time
+    rest = api.get("/api/v1/audit/reconciliation", limit=1, after=first["next_cursor"]).json()
+    assert [p["programme_id"] for p in first["programmes"] + rest["programmes"]] == ["P1", "P2"]
+    assert (first["next_cursor"], rest["next_cursor"]) == ("P1", None)
 
     # The service says 5,000 more was paid on V1 than the ledger shows, and knows a voucher the ledger does not.
     StandInVouchers.programmes[0].update(paid_fen=45_000, free_fen=55_000)

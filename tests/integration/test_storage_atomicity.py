@@ -1,6 +1,8 @@
 """The money path rests on one promise of the database: a single-document update guarded by its filter
 is atomic. MongoDB keeps it; FerretDB 1.24 on SQLite does not unless built with
-scripts/ferretdb-v1.24.2.patch (its update reads and writes back without isolation, #3040)."""
+scripts/ferretdb-v1.24.2.patch (its update reads and writes back without isolation, #3040). The patch
+locks one document where the filter pins `_id` and the whole collection where it does not, and looks a
+guarded filter up by its `_id` index instead of scanning the collection."""
 import threading
 import uuid
 
@@ -13,18 +15,17 @@ WRITERS = 16
 
 
 def race(mongo_uri, db, write):
-    """Runs `write(collection)` from WRITERS clients released at once; returns how many reported success."""
-    wins, barrier = [], threading.Barrier(WRITERS)
+    """Runs `write(collection, writer_no)` from WRITERS clients released at once; returns what each returned."""
+    results, barrier = [], threading.Barrier(WRITERS)
 
-    def writer():
+    def writer(n):
         collection = MongoClient(mongo_uri)[db].balances
         barrier.wait()
-        if write(collection):
-            wins.append(1)
-    threads = [threading.Thread(target=writer) for _ in range(WRITERS)]
+        results.append(write(collection, n))
+    threads = [threading.Thread(target=writer, args=(n,)) for n in range(WRITERS)]
     [t.start() for t in threads]
     [t.join() for t in threads]
-    return len(wins)
+    return results
 
 
 @pytest.fixture
@@ -39,8 +40,8 @@ def test_concurrent_guarded_decrements_never_lose_or_overspend(mongo_uri, db, tr
     # 16 writers each take 100 from a balance of 1000: exactly 10 may succeed and the balance must
     # account for every success.
     MongoClient(mongo_uri)[db].balances.insert_one({"_id": "v", "balance": 1000})
-    wins = race(mongo_uri, db, lambda c: c.update_one(
-        {"_id": "v", "balance": {"$gte": 100}}, {"$inc": {"balance": -100}}).modified_count == 1)
+    wins = sum(race(mongo_uri, db, lambda c, _: c.update_one(
+        {"_id": "v", "balance": {"$gte": 100}}, {"$inc": {"balance": -100}}).modified_count == 1))
     balance = MongoClient(mongo_uri)[db].balances.find_one({"_id": "v"})["balance"]
     assert (wins, balance) == (10, 0)
 
@@ -48,8 +49,57 @@ def test_concurrent_guarded_decrements_never_lose_or_overspend(mongo_uri, db, tr
 @pytest.mark.parametrize("trial", range(5))
 def test_a_compare_and_set_has_exactly_one_winner(mongo_uri, db, trial):
     MongoClient(mongo_uri)[db].balances.insert_one({"_id": "v", "seq": 1, "owner": None})
-    wins = race(mongo_uri, db, lambda c: c.find_one_and_update(
+    wins = sum(race(mongo_uri, db, lambda c, _: c.find_one_and_update(
         {"_id": "v", "seq": 1}, {"$set": {"seq": 2, "owner": uuid.uuid4().hex}},
-        return_document=ReturnDocument.AFTER) is not None)
+        return_document=ReturnDocument.AFTER) is not None))
     assert wins == 1
     assert MongoClient(mongo_uri)[db].balances.find_one({"_id": "v"})["seq"] == 2
+
+
+def test_a_guarded_filter_on_id_is_looked_up_by_its_index(mongo_uri, db):
+    # Every money write is `{_id, guard}`: the store must find the document by its `_id` index, not
+    # scan the collection, or each write costs as much as the collection is large.
+    balances = MongoClient(mongo_uri)[db].balances
+    balances.insert_many([{"_id": f"v{i}", "balance": 1000} for i in range(50)])
+    plan = MongoClient(mongo_uri)[db].command(
+        "explain", {"find": "balances", "filter": {"_id": "v7", "balance": {"$gte": 100}}})
+    if "filterPushdown" in plan:  # FerretDB: SQLite's own query plan
+        steps = " ".join(plan["queryPlanner"]["Plan"])
+        assert plan["filterPushdown"] is True
+        assert "USING INDEX" in steps and "SCAN" not in steps, steps
+    else:  # MongoDB
+        assert "COLLSCAN" not in str(plan["queryPlanner"]["winningPlan"]), plan
+    # the rest of the filter still applies
+    assert balances.find_one({"_id": "v7", "balance": {"$gte": 2000}}) is None
+    assert balances.update_one({"_id": "v7", "balance": {"$gte": 2000}}, {"$inc": {"balance": -1}}).modified_count == 0
+
+
+DOCUMENTS, ROUNDS = 4, 12
+
+
+@pytest.mark.parametrize("trial", range(2))
+def test_writers_of_different_documents_and_of_the_whole_collection_lose_nothing(mongo_uri, db, trial):
+    # Pinned writers take 100 at a time from four balances of 1000 (more tries than money), while
+    # collection-wide writers stamp every document and take 100 from whichever still has it. Each
+    # document must account for every write that reported success, whoever made it.
+    coll = MongoClient(mongo_uri)[db].balances
+    coll.insert_many([{"_id": f"v{i}", "kind": "v", "balance": 1000, "taken": 0, "sweeps": 0}
+                      for i in range(DOCUMENTS)])
+    sweeps = []
+
+    def write(c, n):
+        wins = 0
+        for i in range(ROUNDS):
+            if n % 4 == 0:  # no `_id` in the filter: the collection's lock
+                c.update_many({"kind": "v"}, {"$inc": {"sweeps": 1}})
+                sweeps.append(1)
+                wins += c.find_one_and_update({"kind": "v", "balance": {"$gte": 100}},
+                                              {"$inc": {"balance": -100, "taken": 1}}) is not None
+            else:
+                wins += c.update_one({"_id": f"v{(n + i) % DOCUMENTS}", "balance": {"$gte": 100}},
+                                     {"$inc": {"balance": -100, "taken": 1}}).modified_count
+        return wins
+    wins = sum(race(mongo_uri, db, write))
+    docs = list(coll.find())
+    assert all(d["balance"] + 100 * d["taken"] == 1000 and d["sweeps"] == len(sweeps) for d in docs), docs
+    assert sum(d["taken"] for d in docs) == wins

@@ -37,11 +37,42 @@ def test_a_modified_entry_is_named():
     assert kinds(entries) == [("modified", 3)]
 
 
+def rewrite(entry):
+    """Changes an entry's content and recomputes its own hash, as an insider covering tracks would."""
+    entry["event"]["data"]["face_value_fen"] += 1
+    entry["hash"] = ledger.chain_hash(entry["prev_hash"], ledger.canonical(entry["event"]))
+
+
+def test_a_rewritten_entry_with_its_hash_recomputed_is_named_and_so_is_the_link_it_broke():
+    entries = chain(6)
+    rewrite(entries[3])
+    problems = ledger.verify(entries, head_size=6, head_hash=entries[5]["hash"])[1]
+    assert [(p["kind"], p["position"]) for p in problems] == [("modified", 3), ("broken_link", 4)]
+    assert "position 4" in problems[0]["detail"] and "position 3" in problems[1]["detail"]
+
+
+def test_a_rewritten_last_entry_is_named_by_the_head():
+    entries = chain(6)
+    head_hash = entries[5]["hash"]
+    rewrite(entries[5])
+    assert kinds(entries) == []
+    assert kinds(entries, head_size=6, head_hash=head_hash) == [("modified", 5)]
+
+
+def test_entries_after_a_verified_checkpoint_are_checked_from_its_chain_hash():
+    entries = chain(8)
+    assert kinds(entries[5:], head_size=8, after=(5, entries[4]["hash"])) == []
+    assert kinds(entries[5:], after=(5, ledger.GENESIS)) == [("broken_link", 5)]
+    rewrite(entries[6])
+    assert kinds(entries[5:], after=(5, entries[4]["hash"])) == [("modified", 6), ("broken_link", 7)]
+
+
 def test_a_deleted_entry_is_named_with_or_without_renumbering():
     entries = chain(6)
     assert kinds(entries[:2] + entries[3:]) == [("deleted", 2)]
     renumbered = entries[:2] + [dict(e, position=e["position"] - 1) for e in entries[3:]]
-    assert kinds(renumbered) == [("deleted", 2)]
+    # The chain alone cannot tell this from a rewrite of entry 1: both sides of the link are named.
+    assert kinds(renumbered) == [("modified", 1), ("broken_link", 2)]
     assert kinds(entries[:5], head_size=6) == [("deleted", 5)]        # the tail, caught by the head
 
 

@@ -1,7 +1,7 @@
 """Load numbers for the providers service on the local stack, in a fresh database and the test vhost:
 order events consumed per second, recommendation and evaluation latency.
 
-    source var/env && IPV_TEST_VHOST=ipv_test_providers .venv/bin/python -W ignore -m services.providers.bench
+    make bench BENCH=providers_load      # or: source var/env && .venv/bin/python -W ignore -m bench.providers_load
 """
 import eventlet
 
