@@ -119,27 +119,23 @@ def main():
         if role:
             sessions[role] = sign_in(base, *users[role])
     log = ROOT / "var/run/portal.log"
-    since = log.stat().st_size
-    client, failed = {}, {}
+    print(f"{'page':<46} {'as':<10} {'server p50':>10} {'p95':>6} {'client p95':>11}  (ms, {args.requests} requests)"
+          "  not 200", flush=True)
     for role, paths in pages.items():
         for path in paths:
             sessions[role].get(urljoin(base, path))  # warm: caches, connections
+            since = log.stat().st_size
+            client, failed = [], []
             for _ in range(args.requests):
                 start = time.perf_counter()
                 answer = sessions[role].get(urljoin(base, path), allow_redirects=False)
-                client.setdefault(path, []).append((time.perf_counter() - start) * 1000)
+                client.append((time.perf_counter() - start) * 1000)
                 if answer.status_code != 200:
-                    failed.setdefault(path, []).append(answer.status_code)
-    time.sleep(1)  # gunicorn writes the access log after the answer
-    server = server_times(log, since)
-    print(f"{'page':<46} {'as':<10} {'server p50':>10} {'p95':>6} {'client p95':>11}  (ms, {args.requests} requests)"
-          "  not 200")
-    for role, paths in pages.items():
-        for path in paths:
-            ms = server[path][-args.requests:]
+                    failed.append(answer.status_code)
+            time.sleep(0.5)  # gunicorn writes the access log after the answer
+            ms = server_times(log, since)[path]
             print(f"{path:<46} {role or 'anyone':<10} {percentile(ms, 50):>10} {percentile(ms, 95):>6} "
-                  f"{percentile(client[path], 95):>11.0f}  {failed.get(path, '')}")
-
+                  f"{percentile(client, 95):>11.0f}  {failed or ''}", flush=True)
 
 if __name__ == "__main__":
     main()

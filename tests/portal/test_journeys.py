@@ -185,6 +185,23 @@ def test_enterprise_gets_the_403_page_for_another_enterprises_voucher(people, ba
     assert "¥10,000.00" not in enterprise.text()
 
 
+def test_officer_changes_terms_then_closes_a_programme(people):
+    officer = people("officer")
+    officer.goto(f"/officer/programmes/{journey['programmes'][GIANTS_ONLY]}")
+    officer.page.get_by_role("link", name="修改项目条款").click()
+    officer.check()
+    expect(officer.page.get_by_label("名称").first).to_have_value(GIANTS_ONLY)  # the form holds today's terms
+    officer.page.get_by_label("预算（元）").fill("2000000.00")
+    officer.page.get_by_role("button", name="保存条款").click()
+    officer.check()
+    assert "条款已修改" in flash(officer)
+    assert "第 2 版" in officer.text() and "¥2,000,000.00" in officer.text()
+    officer.page.get_by_role("button", name="停止受理新申领").click()
+    officer.check()
+    assert "项目已停止受理新申领" in flash(officer)
+    assert "已截止" in officer.text()
+
+
 def test_agency_delivers_with_materials_enterprise_confirms_agency_claims(people, tmp_path):
     agency = people("agency")
     agency.goto("/agency")
@@ -284,3 +301,13 @@ def test_ops_signs_in_and_out_and_the_session_is_gone(people):
     assert ops.heading() == "登录"  # the portal session and the realm session both ended
     ops.page.get_by_role("link", name="继续登录").click()
     expect(ops.page.locator("#username")).to_be_visible()  # Keycloak asks for the password again
+
+
+def test_the_session_cookie_is_out_of_scripts_reach_and_pages_forbid_inline_code(people):
+    enterprise = people("enterprise")
+    (cookie,) = [c for c in enterprise.context.cookies() if c["name"] == "ipv_session"]
+    assert cookie["httpOnly"] and cookie["sameSite"] == "Lax"
+    assert enterprise.page.evaluate("document.cookie").find("ipv_session") == -1
+    response = enterprise.page.goto(enterprise.base_url + "/enterprise")
+    policy = response.headers["content-security-policy"]
+    assert "script-src 'self';" in policy and "style-src 'self';" in policy and "unsafe-inline" not in policy
