@@ -22,7 +22,6 @@ from services.portal.views.enterprise import fen_from_yuan
 
 bp = Blueprint("officer", __name__, url_prefix="/officer")
 KINDS = (("patent", _l("patent")), ("trademark", _l("trademark")))
-BUCKETS = ("remaining_fen", "free_fen", "held_fen", "paid_fen", "returned_fen")
 
 
 def yuan_to_fen(field, required=True):
@@ -151,14 +150,14 @@ def refused(exc):
 @person_required("officer")
 def home():
     programmes = vouchers_api.get_programmes()
+    # From the programme list alone: a programme's balances sum every voucher it issued (one scan each on
+    # FerretDB), so the five buckets are on the programme's own page, not summed here for all of them.
     by_source = {}
     for p in programmes:
-        if p["status"] == "draft":
-            continue
-        balance = vouchers_api.get_programme_balances(p["programme_id"])
-        source = by_source.setdefault(p["fund_source"], {k: 0 for k in ("budget_fen",) + BUCKETS})
-        for key in source:
-            source[key] += balance.get(key, 0)
+        if p["status"] != "draft":
+            source = by_source.setdefault(p["fund_source"], {"budget_fen": 0, "remaining_fen": 0})
+            source["budget_fen"] += p["budget_fen"]
+            source["remaining_fen"] += p["remaining_fen"]
     return render_template("officer/home.html", programmes=programmes, by_source=by_source)
 
 
