@@ -29,6 +29,8 @@ RULES = {
 CONFLICTS = {
     "illegal_transition": _l("This cannot be done now: it is already %(state)s."),
     "insufficient_balance": _l("The voucher has too little left for this."),
+    "unsupported_media_type": _l("This kind of file is not accepted: upload a PDF, JPEG, PNG, OFD or e-invoice XML."),
+    "payload_too_large": _l("The file is too large."),
 }
 
 

@@ -26,7 +26,7 @@ class DeliverForm(PortalForm):
                                     validators=[DataRequired(_l("Enter the payment reference")), Length(max=128)])
     official_no = StringField(_l("Official number (optional)"), validators=[Optional(), Length(max=64)])
     deliverable = FileField(_l("The deliverable (PDF, JPEG or PNG)"))
-    api_fields = {"deliverable_sha256": "deliverable"}
+    api_fields = {"deliverable_sha256": "deliverable", "file": "deliverable", "documents": "deliverable"}
 
 
 @bp.route("")
@@ -48,10 +48,14 @@ def order(order_id):
         else:
             content = upload.read()
             evidence = {"contract_ref": form.contract_ref.data, "invoice_no": form.invoice_no.data,
-                        "payment_proof_ref": form.payment_proof_ref.data, "official_no": form.official_no.data or None,
-                        # the hash of the very file, computed here rather than typed by a person
-                        "deliverable_sha256": hashlib.sha256(content).hexdigest()}
+                        "payment_proof_ref": form.payment_proof_ref.data, "official_no": form.official_no.data or None}
             try:
+                document = documents_api.upload_document(order_id, "deliverable", upload.filename, content,
+                                                         upload.mimetype)
+                if document:  # stored; the delivery names it and the ledger gets the server's SHA-256
+                    evidence["documents"] = {"deliverable": document["document_id"]}
+                else:  # no documents service here: the hash of the very file, not one typed by a person
+                    evidence["deliverable_sha256"] = hashlib.sha256(content).hexdigest()
                 vouchers_api.deliver_order(order_id, evidence)
             except ApiRefused as exc:
                 form.refused_by(exc)
