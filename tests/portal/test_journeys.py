@@ -42,9 +42,9 @@ def until(check, seconds=20):
 def test_anyone_reads_programmes_the_agency_directory_and_the_public_notice(visitor):
     visitor.goto("/")
     assert visitor.heading() == "知识产权服务券项目"
-    visitor.screenshot("programmes")
     visitor.page.get_by_role("link", name="玉环市知识产权服务券（2026 演示）").click()
     visitor.check()
+    visitor.screenshot("programme")
     text = visitor.text()
     assert "专利导航分析" in text and "¥10,000.00" in text  # the catalogue with its cap in yuan
     assert "不予资助：国知局2021年通知" in text  # a barred item says why
@@ -252,6 +252,10 @@ def test_officer_reviews_the_claim_beside_its_materials_approves_and_pays(people
     officer.page.get_by_role("button", name="登记付款").click()
     officer.check()
     assert "付款已登记" in flash(officer)
+    # the run's programme takes no more applications, so the next run's lists stay short
+    officer.goto(f"/officer/programmes/{journey['programmes'][PROGRAMME]}")
+    officer.page.get_by_role("button", name="停止受理新申领").click()
+    assert "项目已停止受理新申领" in flash(officer)
 
 
 def test_the_payment_appears_in_the_public_notice_with_its_ledger_entry(visitor):
