@@ -50,7 +50,7 @@ def claims_of(access_token):
 
 def person_from(claims):
     roles = [r for r in claims.get("realm_access", {}).get("roles", []) if r in ROLES]
-    return {"role": roles[0] if roles else None, "org": claims.get("org"),
+    return {"role": roles[0] if roles else None, "org": claims.get("org"), "claimed": claims.get("credit_code"),
             "username": claims.get("preferred_username") or claims.get("sub"),
             "name": claims.get("name") or claims.get("preferred_username") or ""}
 

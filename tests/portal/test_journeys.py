@@ -137,6 +137,17 @@ def test_an_officer_form_names_what_is_wrong_at_the_top(people):
     expect(officer.page.get_by_label("名称").first).to_be_focused()
 
 
+def test_officer_sees_the_verification_queue_and_an_enterprises_qualifications(people):
+    officer = people("officer")
+    officer.goto("/officer/enterprises")
+    expect(officer.page.get_by_role("table", name="待核验")).to_be_visible()
+    officer.page.get_by_role("table", name="已注册企业").get_by_role("link", name="福州闽光精密制造有限公司").click()
+    officer.check()
+    text = officer.text()
+    assert "闽专精特新〔2025〕0117" in text and "已核验" in text
+    assert "核验注册人身份" not in text  # verified already: no verification form
+
+
 def test_enterprise_is_refused_in_plain_words_then_gets_a_voucher_and_orders(people):
     enterprise = people("enterprise")
     enterprise.goto("/enterprise")

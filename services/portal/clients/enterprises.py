@@ -12,6 +12,9 @@ class EnterprisesClient(ApiClient):
     def register_enterprise(self, details):
         return self.post("/api/v1/enterprises", details)
 
+    def verify_enterprise(self, enterprise_id, method, reference):
+        return self.post(f"/api/v1/enterprises/{enterprise_id}/verification", {"method": method, "reference": reference})
+
     def get_qualifications(self, enterprise_id):
         return self.get(f"/api/v1/enterprises/{enterprise_id}/qualifications")["items"]
 

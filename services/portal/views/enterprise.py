@@ -11,7 +11,7 @@ from flask_babel import lazy_gettext as _l
 from wtforms import DateField, HiddenField, RadioField, StringField, TextAreaField
 from wtforms.validators import DataRequired, Length, ValidationError
 
-from services.portal.clients import ApiRefused
+from services.portal.clients import ApiError, ApiRefused
 from services.portal.clients.documents import documents_api
 from services.portal.clients.enterprises import enterprises_api
 from services.portal.clients.providers import providers_api
@@ -53,6 +53,16 @@ class OrderForm(PortalForm):
         self.price_fen = fen_from_yuan(field.data)
 
 
+class RegisterForm(PortalForm):
+    name = StringField(_l("Enterprise name, as on its business licence"),
+                       validators=[DataRequired(_l("Enter the enterprise's name")), Length(max=200)])
+    region = StringField(_l("Region code"), validators=[DataRequired(_l("Enter the region code")), Length(max=6)])
+    industry = StringField(_l("Industry code (GB/T 4754-2017)"), validators=[DataRequired(_l("Enter the industry code")),
+                                                                             Length(max=5)])
+    size = RadioField(_l("Size"), choices=[("micro", _l("micro")), ("small", _l("small")), ("medium", _l("medium"))],
+                      validators=[DataRequired(_l("Choose the size"))])
+
+
 class DisputeForm(PortalForm):
     reason = TextAreaField(_l("What is wrong with the delivery"),
                            validators=[DataRequired(_l("Say what is wrong")), Length(max=500)])
@@ -66,11 +76,38 @@ def enterprise_id():
 @person_required("enterprise")
 def home():
     eid = enterprise_id()
+    if not eid:  # a self-registered account, not yet bound to its enterprise
+        return redirect(url_for("enterprise.register"))
     vouchers = vouchers_api.get_vouchers()
     orders = [o for o in vouchers_api.get_orders() if o["state"] in OPEN_ORDER_STATES]
     return render_template("enterprise/home.html", enterprise=enterprises_api.get_enterprise(eid),
                            tiers=enterprises_api.get_tiers(eid), vouchers=vouchers, orders=orders,
                            alerts=enterprises_api.get_notifications(eid, unread=True))
+
+
+@bp.route("/register", methods=["GET", "POST"])
+@person_required("enterprise")
+def register():
+    """The enterprise a self-registered account claims (its credit code, from sign-up): registered here,
+    then verified by an officer, after which the account acts for it."""
+    claimed = g.person.get("claimed")
+    if g.person["org"] or not claimed:
+        return redirect(url_for("enterprise.home"))
+    try:
+        registered = enterprises_api.get_enterprise(claimed)
+    except ApiError as exc:
+        if exc.status != 404:
+            raise
+        registered = None
+    form = RegisterForm()
+    if registered is None and form.validate_on_submit():
+        try:
+            registered = enterprises_api.register_enterprise({
+                "credit_code": claimed, "name": form.name.data, "region": form.region.data,
+                "industry": form.industry.data, "size": form.size.data})
+        except ApiRefused as exc:
+            form.refused_by(exc)
+    return render_template("enterprise/register.html", form=form, claimed=claimed, registered=registered)
 
 
 @bp.route("/apply", methods=["GET", "POST"])

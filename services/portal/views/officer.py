@@ -112,6 +112,14 @@ class QualificationForm(PortalForm):
     valid_to = DateField(_l("Valid to"), validators=[DataRequired(_l("Enter the last valid day"))])
 
 
+class VerificationForm(PortalForm):
+    method = SelectField(_l("How you checked who registered it"), choices=[
+        ("business_licence", _l("electronic business licence")), ("legal_person_login", _l("legal person's sign-in")),
+        ("documents", _l("papers"))])
+    reference = StringField(_l("Reference of the check"), validators=[DataRequired(_l("Enter the check's reference")),
+                                                                        Length(max=128)])
+
+
 class EvaluationForm(PortalForm):
     period_from = DateField(_l("Period from"), validators=[DataRequired(_l("Enter the first day of the period"))])
     period_to = DateField(_l("Period to"), validators=[DataRequired(_l("Enter the last day of the period"))])
@@ -221,15 +229,25 @@ def programme_step(programme_id, step):
 @person_required("officer")
 def enterprises():
     q = request.args.get("q") or None
-    return render_template("officer/enterprises.html", enterprises=enterprises_api.get_enterprises(q=q), q=q or "")
+    found = enterprises_api.get_enterprises(q=q)
+    return render_template("officer/enterprises.html", q=q or "", waiting=[e for e in found if not e["verified"]],
+                           enterprises=[e for e in found if e["verified"]])
 
 
 @bp.route("/enterprises/<enterprise_id>", methods=["GET", "POST"])
 @person_required("officer")
 def enterprise(enterprise_id):
     found = enterprises_api.get_enterprise(enterprise_id)
-    form = QualificationForm()
-    if form.validate_on_submit():
+    form, verification = QualificationForm(prefix="q"), VerificationForm(prefix="v")
+    if request.form.get("action") == "verify" and verification.validate_on_submit():
+        try:
+            enterprises_api.verify_enterprise(enterprise_id, verification.method.data, verification.reference.data)
+        except ApiRefused as exc:
+            verification.refused_by(exc)
+        else:
+            flash(_("Enterprise verified: its account now acts for it."))
+            return redirect(url_for("officer.enterprise", enterprise_id=enterprise_id))
+    elif request.form.get("action") == "qualify" and form.validate_on_submit():
         body = {k: getattr(form, k).data for k in ("tier", "level", "certificate_no", "issuing_authority")}
         body.update(valid_from=form.valid_from.data.isoformat(), valid_to=form.valid_to.data.isoformat())
         try:
@@ -239,7 +257,7 @@ def enterprise(enterprise_id):
         else:
             flash(_("Qualification recorded."))
             return redirect(url_for("officer.enterprise", enterprise_id=enterprise_id))
-    return render_template("officer/enterprise.html", enterprise=found, form=form,
+    return render_template("officer/enterprise.html", enterprise=found, form=form, verification=verification,
                            qualifications=enterprises_api.get_qualifications(enterprise_id))
 
 
