@@ -280,6 +280,41 @@ def test_the_payment_appears_in_the_public_notice_with_its_ledger_entry(visitor)
     assert "claim.paid" in visitor.text()
 
 
+def test_enterprise_disputes_a_delivery_after_reading_its_materials(people, tmp_path):
+    enterprise = people("enterprise")
+    enterprise.goto(f"/enterprise/vouchers/{journey['voucher']}")
+    enterprise.page.get_by_role("link", name="使用本券购买服务").click()
+    enterprise.page.get_by_label(re.compile("专利导航分析")).check()
+    enterprise.page.get_by_role("button", name="继续").click()
+    enterprise.page.get_by_role("link", name="选择玉环明诚专利代理事务所").click()
+    enterprise.page.get_by_label("与机构约定的价格（元）").fill("2000")
+    enterprise.page.get_by_role("button", name="下单").click()
+    assert "服务券支付 ¥1,000.00" in flash(enterprise)
+    order = enterprise.page.url.rsplit("/", 1)[1]
+
+    agency = people("agency")
+    agency.goto(f"/agency/orders/{order}")
+    deliverable = tmp_path / "检索报告.pdf"
+    deliverable.write_bytes(DELIVERABLE + b"second")
+    agency.page.get_by_label("合同编号").fill(f"HT2-{RUN}")
+    agency.page.get_by_label("发票号码").fill(f"3301{RUN}")
+    agency.page.get_by_label("付款凭证编号").fill(f"BANK2-{RUN}")
+    agency.page.get_by_label("交付成果（PDF、JPEG 或 PNG）").set_input_files(str(deliverable))
+    agency.page.get_by_role("button", name="提交交付").click()
+    assert "交付已记录" in flash(agency)
+
+    enterprise.goto(f"/enterprise/orders/{order}")
+    assert f"HT2-{RUN}" in enterprise.text()
+    enterprise.page.get_by_role("button", name="对交付提出异议").click()
+    enterprise.check()
+    expect(enterprise.page.get_by_role("alert")).to_contain_text("请说明问题")  # a reason is required
+    enterprise.page.get_by_label("交付存在什么问题").fill("检索报告缺少约定的同族专利分析")
+    enterprise.page.get_by_role("button", name="对交付提出异议").click()
+    enterprise.check()
+    assert "您的异议已记录" in flash(enterprise)
+    assert "有异议" in enterprise.text()
+
+
 def test_auditor_sees_the_ledger_verified_fund_use_drills_down_and_exports(people):
     auditor = people("auditor")
     auditor.goto("/auditor")
