@@ -6,7 +6,6 @@ import re
 import time
 import uuid
 
-import pytest
 from playwright.sync_api import expect
 
 from tests.portal.conftest import api_json
