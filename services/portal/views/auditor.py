@@ -12,6 +12,8 @@ from flask_babel import gettext as _
 from pymongo import MongoClient
 
 from services.portal.clients.audit import audit_api
+from services.portal.clients.providers import providers_api
+from services.portal.clients.vouchers import vouchers_api
 from services.portal.formatting import DIMENSIONS, MEASURES
 from services.portal.signin import person_required
 
@@ -35,7 +37,16 @@ def fund_use():
         abort(404)
     filters = {k: request.args[k] for k in FILTERS if request.args.get(k)}
     report = audit_api.get_fund_use(by, **filters)
-    chart = {"keys": [str(r["key"]) if r["key"] is not None else _("unknown") for r in report["rows"]],
+    # Agencies and programmes by name, not id (the filters and links keep the id).
+    if by == "agency":
+        labels = {a["agency_id"]: a["name"] for a in providers_api.get_agencies()}
+    elif by == "programme":
+        labels = {p["programme_id"]: p["name"] for p in vouchers_api.get_programmes()}
+    else:
+        labels = {}
+    for row in report["rows"]:
+        row["label"] = labels.get(row["key"], row["key"]) if row["key"] is not None else _("unknown")
+    chart = {"keys": [str(r["label"]) for r in report["rows"]],
              "series": [{"name": str(MEASURES[m]), "values": [r[f"{m}_fen"] / 100 for r in report["rows"]]}
                         for m in ("issued", "held", "paid", "returned")]}
     return render_template("auditor/fund_use.html", report=report, by=by, filters=filters, chart=chart,
