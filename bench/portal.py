@@ -103,6 +103,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--vouchers", type=int, default=10_000)
     parser.add_argument("--requests", type=int, default=40)
+    parser.add_argument("--only", help="only the pages whose path contains this text")
     args = parser.parse_args()
     base = f"http://127.0.0.1:{os.environ.get('PORT', '8000')}"
     print(f"vouchers in the bench programme: {load_vouchers(os.environ['MONGO_URI'], args.vouchers)}")
@@ -114,10 +115,14 @@ def main():
         "officer": ["/officer", "/officer/claims", f"/officer/programmes/{BENCH_PROGRAMME}"],
         "auditor": ["/auditor/fund-use?by=month", "/auditor/anomalies"],
     }
+    if args.only:
+        pages = {role: [p for p in paths if args.only in p] for role, paths in pages.items()}
+        pages = {role: paths for role, paths in pages.items() if paths}
     sessions = {None: requests.Session()}
     for role in pages:
         if role:
             sessions[role] = sign_in(base, *users[role])
+    sessions.setdefault(None, requests.Session())
     log = ROOT / "var/run/portal.log"
     print(f"{'page':<46} {'as':<10} {'server p50':>10} {'p95':>6} {'client p95':>11}  (ms, {args.requests} requests)"
           "  not 200", flush=True)
