@@ -36,6 +36,8 @@ admin:
 
 test: stack
 	@$(ENV) && PYTHONWARNINGS=ignore::DeprecationWarning $(PY) -m pytest $(PYTEST_ARGS)
+	@# The portal's browser tests run in a process without eventlet (tests/conftest.py says why).
+	@if [ -z "$(PYTEST_ARGS)" ]; then $(ENV) && $(PY) -m pytest tests/portal; fi
 
 test-unit: install
 	@$(PY) -m pytest tests/unit $(PYTEST_ARGS)

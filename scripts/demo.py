@@ -171,6 +171,7 @@ def main(base):
 IP-service vouchers is running, with demo data: programme {pid}, voucher {vid} of {enterprise},
 order {oid} paid to agency {GOOD_AGENCY}, order {open_order['order_id']} open.
 
+  Portal:     {base}/   (open it in a browser; sign in as a demo user)
   API base:   {base}/api/v1   (OpenAPI per service: {base}/api/v1/openapi/<enterprises|providers|vouchers|audit|documents>.json)
   Metrics:    http://127.0.0.1:{PORT_BASE + 1}/metrics .. :{PORT_BASE + 5}/metrics   (enterprises, providers, vouchers, audit, documents)
   Logs:       var/run/*.log

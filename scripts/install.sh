@@ -22,6 +22,10 @@ command -v prometheus >/dev/null || need_pkgs+=(prometheus)
 if ! command -v kubectl >/dev/null && ! command -v kustomize >/dev/null && apt-cache show kubectl >/dev/null 2>&1; then
   need_pkgs+=(kubectl)
 fi
+# The portal's browser tests drive Debian's chromium (Playwright's own download cannot work offline);
+# without a CJK font every Chinese character renders as a box in the screenshots.
+command -v chromium >/dev/null || need_pkgs+=(chromium)
+dpkg -s fonts-noto-cjk >/dev/null 2>&1 || need_pkgs+=(fonts-noto-cjk)
 # unzip unpacks Keycloak's distribution.
 [ -n "${KEYCLOAK_URL:-}" ] || command -v unzip >/dev/null || need_pkgs+=(unzip)
 if [ ${#need_pkgs[@]} -gt 0 ]; then
@@ -113,3 +117,25 @@ if [ ! -f "$stamp" ]; then
   "$VENV/bin/pip" install -q --disable-pip-version-check -e "$ROOT[test,bench]" || die "pip install failed"
   rm -f "$VENV"/.installed-* && touch "$stamp"
 fi
+
+# Portal front-end libraries (htmx, ECharts; axe-core for the browser tests) from the npm registry, as
+# locked in services/portal/package-lock.json; reinstalled only when the lock changes. npm's cache lives in
+# $CACHE so an empty HOME works and a fresh clone downloads nothing twice.
+PORTAL=$ROOT/services/portal
+portal_stamp=$PORTAL/node_modules/.installed-$(sha256sum "$PORTAL/package-lock.json" | cut -c1-16)
+if [ ! -f "$portal_stamp" ]; then
+  command -v npm >/dev/null || die "npm is needed for the portal's front-end libraries (Debian: apt-get install npm)"
+  say "installing the portal's front-end libraries (npm ci)"
+  mkdir -p "$CACHE/npm"
+  (cd "$PORTAL" && npm_config_cache="$CACHE/npm" npm ci --ignore-scripts --no-audit --no-fund --loglevel=error) \
+    || die "npm ci in services/portal failed"
+  touch "$portal_stamp"
+fi
+
+# The portal's translations: compiled from the committed .po catalogues whenever one changed.
+for po in "$PORTAL"/translations/*/LC_MESSAGES/messages.po; do
+  [ -f "$po" ] || continue
+  if [ ! -f "${po%.po}.mo" ] || [ "$po" -nt "${po%.po}.mo" ]; then
+    "$VENV/bin/pybabel" compile -i "$po" -o "${po%.po}.mo" 2>/dev/null || die "could not compile $po"
+  fi
+done

@@ -196,8 +196,8 @@ class Keycloak:
                 self.admin("DELETE", f"/{REALM}")
             # Keycloak fills ${IPV_TOOLING_SECRET} from its environment when it imports the file itself
             # (Kubernetes); here the checkout's own random secret goes in.
-            self.admin("POST", "", json.loads(REALM_FILE.read_text().replace("${IPV_TOOLING_SECRET}",
-                                                                             self.tooling_secret())))
+            realm = REALM_FILE.read_text().replace("${IPV_TOOLING_SECRET}", self.tooling_secret())
+            self.admin("POST", "", json.loads(realm.replace("${IPV_PORTAL_READER_SECRET}", self.portal_reader_secret())))
             local = _local()
             local.pop("_comment", None)
             self.admin("POST", f"/{REALM}/partialImport", local)
@@ -209,6 +209,17 @@ class Keycloak:
     def tooling_secret(self):
         """The confidential tooling client's secret for this checkout (random, kept in var/keycloak)."""
         path = self.dir / "tooling-secret"
+        if not path.exists():
+            import secrets
+            self.dir.mkdir(parents=True, exist_ok=True)
+            path.touch(mode=0o600)
+            path.write_text(secrets.token_urlsafe(32))
+        return path.read_text().strip()
+
+    def portal_reader_secret(self):
+        """The portal reader client's secret (its signed-out pages) for this checkout, made like the tooling
+        one; scripts/services.sh hands it to the portal."""
+        path = self.dir / "portal-reader-secret"
         if not path.exists():
             import secrets
             self.dir.mkdir(parents=True, exist_ok=True)

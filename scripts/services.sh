@@ -45,6 +45,8 @@ INGRESS_ERRORS=(
   "503 503 unavailable the service is unavailable; retry"
   "504 504 unavailable the service did not answer in time; retry"
 )
+# The portal (server-rendered pages at /, calling the API through the ingress) runs under gunicorn.
+PORTAL_PORT=$((${IPV_SERVICE_PORT_BASE:-8100} + 6))
 
 start() {
   mkdir -p "$RUN"
@@ -71,7 +73,33 @@ start() {
     done
     say "$1 is ready"
   done
+  start_portal
   start_ingress
+}
+
+start_portal() {
+  local pidf=$RUN/portal.pid
+  if [ -f "$pidf" ] && kill -0 "$(cat "$pidf")" 2>/dev/null; then say "portal already running"; return; fi
+  if curl -s -o /dev/null "http://127.0.0.1:$PORTAL_PORT/healthz"; then
+    die "port $PORTAL_PORT already answers (another checkout's portal? stop it there with 'make stop')"
+  fi
+  say "starting portal on 127.0.0.1:$PORTAL_PORT (log: $RUN/portal.log)"
+  # The portal reaches the API and Keycloak by the ingress address the browser uses too.
+  # The reader client's secret was kept by scripts/keycloak.py when it imported the realm.
+  local reader_secret=""
+  [ -z "${IPV_KEYCLOAK_DIR:-}" ] || [ ! -f "$IPV_KEYCLOAK_DIR/portal-reader-secret" ] || reader_secret=$(cat "$IPV_KEYCLOAK_DIR/portal-reader-secret")
+  (cd "$ROOT" && export PORTAL_API_URL="http://127.0.0.1:$PORT" PORTAL_PUBLIC_URL="http://127.0.0.1:$PORT" \
+      PORTAL_READER_CLIENT_ID=ipv-portal-reader PORTAL_READER_CLIENT_SECRET="$reader_secret" &&
+    exec nohup "$VENV/bin/gunicorn" --config services/portal/gunicorn.conf.py --bind "127.0.0.1:$PORTAL_PORT" \
+      "services.portal.app:create_app()" >"$RUN/portal.log" 2>&1 </dev/null) &
+  echo $! >"$pidf"
+  local deadline=$((SECONDS + 60))
+  until curl -fs "http://127.0.0.1:$PORTAL_PORT/healthz" >/dev/null; do
+    kill -0 "$(cat "$pidf")" 2>/dev/null || { tail -20 "$RUN/portal.log" >&2; die "portal exited; see $RUN/portal.log"; }
+    [ $SECONDS -lt $deadline ] || { tail -20 "$RUN/portal.log" >&2; die "portal not ready after 60 s; see $RUN/portal.log"; }
+    sleep 0.5
+  done
+  say "portal is ready"
 }
 
 start_ingress() {
@@ -89,6 +117,7 @@ start_ingress() {
       set -- $entry
       echo "  upstream $1 { server 127.0.0.1:$2; keepalive 32; }"
     done
+    echo "  upstream portal { server 127.0.0.1:$PORTAL_PORT; keepalive 16; }"
     echo "  server {"
     echo "    listen 127.0.0.1:$PORT;"
     echo "    proxy_http_version 1.1; proxy_set_header Connection \"\"; proxy_set_header Host \$host;"
@@ -113,7 +142,9 @@ start_ingress() {
       done
       echo "    location = /api/v1/openapi/$name.json { proxy_pass http://$name/api/v1/openapi.json; }"
     done
-    echo "    location / { default_type application/json; return 404 '{\"error\":\"not_found\",\"message\":\"no such route\"}'; }"
+    echo "    location /api/ { default_type application/json; return 404 '{\"error\":\"not_found\",\"message\":\"no such route\"}'; }"
+    # The portal's uploads pass through to the documents API, so its body limit is the documents one.
+    echo "    location / { client_max_body_size 25m; proxy_set_header X-Forwarded-For \$remote_addr; proxy_pass http://portal; }"
     for entry in "${INGRESS_ERRORS[@]}"; do
       set -- $entry
       local code=$1 status=$2 error=$3; shift 3
@@ -140,6 +171,13 @@ stop() {
   if [ -f "$RUN/nginx.pid" ]; then
     kill "$(cat "$RUN/nginx.pid")" 2>/dev/null || true; rm -f "$RUN/nginx.pid"
   fi
+  if [ -f "$RUN/portal.pid" ] && kill -0 "$(cat "$RUN/portal.pid")" 2>/dev/null; then
+    local ppid; ppid=$(cat "$RUN/portal.pid")
+    kill -TERM "$ppid"  # gunicorn's master stops its workers
+    for _ in $(seq 100); do kill -0 "$ppid" 2>/dev/null || break; sleep 0.1; done
+    kill -0 "$ppid" 2>/dev/null && kill -KILL "$ppid" && say "portal did not stop in 10 s: killed" || say "portal stopped"
+  fi
+  rm -f "$RUN/portal.pid"
   for entry in "${SERVICES[@]}"; do
     set -- $entry
     local pidf=$RUN/$1.pid
@@ -158,6 +196,7 @@ status() {
     set -- $entry
     if curl -fs "http://127.0.0.1:$2/readyz" >/dev/null; then echo "$1: ready  http://127.0.0.1:$2"; else echo "$1: DOWN"; fi
   done
+  if curl -fs "http://127.0.0.1:$PORTAL_PORT/healthz" >/dev/null; then echo "portal: ready  http://127.0.0.1:$PORT/"; else echo "portal: DOWN"; fi
   if curl -s "http://127.0.0.1:$PORT/" >/dev/null; then echo "ingress: up    http://127.0.0.1:$PORT"; else echo "ingress: DOWN"; fi
 }
 

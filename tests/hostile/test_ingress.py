@@ -67,7 +67,8 @@ def test_what_the_ingress_answers_itself_is_json_in_the_error_shape(ingress):
         (b"GET /api/v1/enterprises?" + b"q" * 9000 + b" HTTP/1.1\r\nHost: x\r\n\r\n", 414, "uri_too_long"),
         (b"GET /api/v1/enterprises HTTP/1.1\r\nHost: x\r\nX-Padding: " + b"p" * 9000 + b"\r\n\r\n", 431,
          "headers_too_large"),
-        (b"GET /nothing/here HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", 404, "not_found"),
+        # (every path outside /api/ is the portal's: its own pages answer there)
+        (b"GET /api/nothing/here HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", 404, "not_found"),
         (b"GET /_ingress_error/500 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", 404, "not_found"),
     ]
     for request, status, code in cases:

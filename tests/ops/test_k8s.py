@@ -157,6 +157,7 @@ def test_probes_and_ingress_paths_match_the_code(docs, name):
 
 def test_ingress_routes_every_area_of_the_service_table_and_nothing_else(docs):
     expected = {f"/api/v1/{area}": name for name, (_, areas) in SERVICES.items() for area in areas}
+    expected["/"] = "portal"  # the server-rendered pages (services/portal)
     # `ipv-api` and `ipv-documents` (uploads, with their body limit); `keycloak` carries the realm's pages
     got = {p["path"]: p["backend"]["service"]["name"] for name in ("ipv-api", "ipv-documents")
            for r in of_kind(docs, "Ingress")[name]["spec"]["rules"] for p in r["http"]["paths"]}
