@@ -130,6 +130,21 @@ class Api:
             return exc.code, json.load(exc)
 
 
+def wait_until_audited(api, claim_id):
+    """The 公示 (public notice) shows a payment once the audit ledger holds it, and the ledger is fed by
+    events: wait for it, so the pages printed below show the demo payment at once."""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        after = -1
+        while after is not None:
+            page = api("auditor", "demo-auditor", "GET", f"/api/v1/audit/entries?type=claim.paid&limit=500&after={after}")
+            if any(e["event"]["data"].get("claim_id") == claim_id for e in page["items"]):
+                return
+            after = page["next_cursor"]
+        time.sleep(0.5)
+    sys.exit("demo data: the audit ledger did not record the demo payment in 60 s (see var/run/audit.log)")
+
+
 def main(base):
     api = Api(base)
     for enterprise in ENTERPRISES:
@@ -167,6 +182,7 @@ def main(base):
         {"payment_ref": "GK-2026-DEMO-0001"}, key="pay")
     open_order = api("enterprise", enterprise, "POST", "/api/v1/orders", dict(order, price_fen=600_000),
                      key="order-open")
+    wait_until_audited(api, claim["claim_id"])
     print(f"""
 IP-service vouchers is running, with demo data: programme {pid}, voucher {vid} of {enterprise},
 order {oid} paid to agency {GOOD_AGENCY}, order {open_order['order_id']} open.

@@ -1,5 +1,6 @@
 """Forms and the one place an API refusal becomes what the person reads: a message against the field
 the API named, or a sentence at the top for a rule (422 `rule`) or a state (409), in their language."""
+from flask_babel import get_locale
 from flask_babel import lazy_gettext as _l
 from flask_wtf import FlaskForm
 
@@ -41,6 +42,10 @@ def refusal_message(error):
     code = error.body.get("error")
     if code == "illegal_transition":
         return str(CONFLICTS[code]) % {"state": error.body.get("state", "")}
+    # A service that words its refusal in Chinese too (documents: why this file was refused) is read in
+    # it rather than in the general words for the error.
+    if error.body.get("message_zh") and str(get_locale()).startswith("zh"):
+        return error.body["message_zh"]
     if code in CONFLICTS:
         return str(CONFLICTS[code])
     return error.message

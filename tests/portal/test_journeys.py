@@ -8,6 +8,7 @@ import uuid
 
 from playwright.sync_api import expect
 
+from tests import document_samples
 from tests.portal.conftest import api_json
 
 RUN = uuid.uuid4().hex[:6]
@@ -15,10 +16,9 @@ PROGRAMME = f"门户测试服务券 {RUN}"
 GIANTS_ONLY = f"门户测试小巨人专项 {RUN}"
 ENTERPRISE = "91350100M000100Y43"  # demo-enterprise: holds 专精特新 (srdi_sme)
 OTHER_ENTERPRISE = "91310115MA1K3YJ15R"  # another demo enterprise, holds 创新型 (innovative_sme)
-# A small valid PDF, made here: the deliverable an agency uploads.
-DELIVERABLE = (b"%PDF-1.4\n1 0 obj<</Type/Catalog/Pages 2 0 R>>endobj 2 0 obj<</Type/Pages/Kids[3 0 R]/Count 1>>endobj "
-               b"3 0 obj<</Type/Page/Parent 2 0 R/MediaBox[0 0 200 200]>>endobj\ntrailer<</Root 1 0 R>>\n%%EOF\n"
-               + RUN.encode())
+# The deliverables an agency uploads: real PDFs (the documents service reads every page), unique per run.
+DELIVERABLE = document_samples.pdf(text=f"Patent navigation report {RUN}")
+SECOND_DELIVERABLE = document_samples.pdf(text=f"Patent search report {RUN}")
 journey = {}
 
 
@@ -222,6 +222,12 @@ def test_agency_delivers_with_materials_enterprise_confirms_agency_claims(people
     agency.page.get_by_label("合同编号").fill(f"HT-{RUN}")
     agency.page.get_by_label("发票号码").fill(f"3300{RUN}")
     agency.page.get_by_label("付款凭证编号").fill(f"BANK-{RUN}")
+    damaged = tmp_path / "中断的报告.pdf"
+    damaged.write_bytes(document_samples.truncated_pdf())
+    agency.page.get_by_label("交付成果（PDF、JPEG 或 PNG）").set_input_files(str(damaged))
+    agency.page.get_by_role("button", name="提交交付").click()
+    agency.check()
+    assert "PDF 文件不完整" in agency.text()  # the documents service's reason, in the page's language
     agency.page.get_by_label("交付成果（PDF、JPEG 或 PNG）").set_input_files(str(deliverable))
     agency.page.get_by_role("button", name="提交交付").click()
     agency.check()
@@ -294,7 +300,7 @@ def test_enterprise_disputes_a_delivery_after_reading_its_materials(people, tmp_
     agency = people("agency")
     agency.goto(f"/agency/orders/{order}")
     deliverable = tmp_path / "检索报告.pdf"
-    deliverable.write_bytes(DELIVERABLE + b"second")
+    deliverable.write_bytes(SECOND_DELIVERABLE)
     agency.page.get_by_label("合同编号").fill(f"HT2-{RUN}")
     agency.page.get_by_label("发票号码").fill(f"3301{RUN}")
     agency.page.get_by_label("付款凭证编号").fill(f"BANK2-{RUN}")
