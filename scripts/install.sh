@@ -48,8 +48,8 @@ if [ -z "${MONGO_URI:-}" ] && [ ! -x "$FERRETDB_BIN" ]; then
   build=$(mktemp -d)
   cp -r "$src/." "$build/" && chmod -R u+w "$build"
   echo "$FERRETDB_VERSION" >"$build/build/version/version.txt"
-  # Atomic guarded updates (the money path rests on them) and _id lookups that use the _id index: the
-  # patch's header says why.
+  # Atomic guarded updates (the money path rests on them), _id lookups that use the _id index, and
+  # filters SQLite narrows before FerretDB decodes: the patch's header says why.
   (cd "$build" && git apply "$FERRETDB_PATCH") || die "could not apply $FERRETDB_PATCH to FerretDB $FERRETDB_VERSION"
   (cd "$build" && go build -o "$FERRETDB_BIN.tmp" ./cmd/ferretdb) || die "building FerretDB failed"
   mv "$FERRETDB_BIN.tmp" "$FERRETDB_BIN"

@@ -23,6 +23,8 @@ STATES = {
 MODELS = {"agency_redeems": _l("the agency claims the subsidy"), "enterprise_pays": _l("the enterprise claims the subsidy")}
 MEASURES = {"budget": _l("budget"), "issued": _l("issued"), "held": _l("held"), "paid": _l("paid"),
             "returned": _l("returned"), "remaining": _l("remaining"), "free": _l("free")}
+DOCUMENT_KINDS = {"contract": _l("contract"), "invoice": _l("invoice"), "payment_proof": _l("proof of payment"),
+                  "deliverable": _l("deliverable")}
 DIMENSIONS = {"month": _l("month"), "region": _l("region"), "tier": _l("tier"), "service_code": _l("service"),
               "agency": _l("agency"), "programme": _l("programme")}
 
@@ -58,4 +60,5 @@ def register(app):
     app.jinja_env.filters.update(
         yuan=yuan, local_time=local_time, percent_bp=percent_bp,
         tier=lambda v: named(v, TIERS), state=lambda v: named(v, STATES), model=lambda v: named(v, MODELS),
-        measure=lambda v: named(v, MEASURES), dimension=lambda v: named(v, DIMENSIONS))
+        measure=lambda v: named(v, MEASURES), dimension=lambda v: named(v, DIMENSIONS),
+        document_kind=lambda v: named(v, DOCUMENT_KINDS))

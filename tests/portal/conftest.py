@@ -17,7 +17,9 @@ from playwright.sync_api import expect, sync_playwright
 
 ROOT = Path(__file__).resolve().parents[2]
 AXE = ROOT / "services/portal/node_modules/axe-core/axe.min.js"
-SCREENSHOTS = ROOT / "docs/screenshots"
+# A test run writes its screenshots under var/; `IPV_SCREENSHOTS=docs/screenshots make test` refreshes the
+# README's (a run never changes committed files on its own).
+SCREENSHOTS = ROOT / os.environ.get("IPV_SCREENSHOTS", "var/screenshots")
 PHONE = {"width": 375, "height": 740}
 DESKTOP = {"width": 1280, "height": 860}
 CHROMIUM = os.environ.get("IPV_CHROMIUM", "/usr/bin/chromium")
@@ -93,7 +95,7 @@ class Visitor:
         return self.page.locator("main").inner_text()
 
     def screenshot(self, name):
-        """Desktop and phone width, for the README (docs/screenshots)."""
+        """Desktop and phone width (the README shows some: see SCREENSHOTS)."""
         SCREENSHOTS.mkdir(parents=True, exist_ok=True)
         page = self.page
         page.set_viewport_size(DESKTOP)
