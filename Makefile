@@ -48,7 +48,8 @@ deadletters:
 	@$(ENV) && $(PY) -W ignore -m ipvkit.deadletters $(or $(ARGS),list)
 
 # Benchmarks, not part of `make test`; figures and how to read them: bench/README.md.
-# BENCH picks one: run (the whole chain), vouchers_orders, audit_ledger, providers_load.
+# BENCH picks one: run (the whole chain), vouchers_orders, audit_ledger, providers_load, documents_upload,
+# store_filters, portal.
 BENCH ?= run
 bench: stack
 	@$(ENV) && $(PY) -W ignore -m bench.$(BENCH) $(BENCH_ARGS)
