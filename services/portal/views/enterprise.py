@@ -11,7 +11,7 @@ from flask_babel import lazy_gettext as _l
 from wtforms import DateField, HiddenField, RadioField, StringField, TextAreaField
 from wtforms.validators import DataRequired, Length, ValidationError
 
-from services.portal.clients import ApiError, ApiRefused
+from services.portal.clients import ApiError, ApiRefused, concurrently
 from services.portal.clients.documents import documents_api
 from services.portal.clients.enterprises import enterprises_api
 from services.portal.clients.providers import providers_api
@@ -78,11 +78,11 @@ def home():
     eid = enterprise_id()
     if not eid:  # a self-registered account, not yet bound to its enterprise
         return redirect(url_for("enterprise.register"))
-    vouchers = vouchers_api.get_vouchers()
-    orders = [o for o in vouchers_api.get_orders() if o["state"] in OPEN_ORDER_STATES]
-    return render_template("enterprise/home.html", enterprise=enterprises_api.get_enterprise(eid),
-                           tiers=enterprises_api.get_tiers(eid), vouchers=vouchers, orders=orders,
-                           alerts=enterprises_api.get_notifications(eid, unread=True))
+    enterprise, tiers, vouchers, orders, alerts = concurrently(
+        lambda: enterprises_api.get_enterprise(eid), lambda: enterprises_api.get_tiers(eid),
+        vouchers_api.get_vouchers, vouchers_api.get_orders, lambda: enterprises_api.get_notifications(eid, unread=True))
+    return render_template("enterprise/home.html", enterprise=enterprise, tiers=tiers, vouchers=vouchers,
+                           orders=[o for o in orders if o["state"] in OPEN_ORDER_STATES], alerts=alerts)
 
 
 @bp.route("/register", methods=["GET", "POST"])

@@ -10,7 +10,7 @@ from wtforms import (DateField, FieldList, Form, FormField, IntegerField, Select
                      StringField, TextAreaField)
 from wtforms.validators import DataRequired, Length, NumberRange, Optional, Regexp, ValidationError
 
-from services.portal.clients import ApiRefused
+from services.portal.clients import ApiRefused, concurrently
 from services.portal.clients.documents import documents_api
 from services.portal.clients.enterprises import enterprises_api
 from services.portal.clients.providers import providers_api
@@ -286,8 +286,9 @@ def agency(agency_id):
 @bp.route("/claims")
 @person_required("officer")
 def claims():
-    return render_template("officer/claims.html", submitted=vouchers_api.get_claims(state="submitted"),
-                           approved=vouchers_api.get_claims(state="approved"))
+    submitted, approved = concurrently(lambda: vouchers_api.get_claims(state="submitted"),
+                                       lambda: vouchers_api.get_claims(state="approved"))
+    return render_template("officer/claims.html", submitted=submitted, approved=approved)
 
 
 @bp.route("/claims/<claim_id>", methods=["GET", "POST"])
