@@ -26,6 +26,8 @@ fi
 # without a CJK font every Chinese character renders as a box in the screenshots.
 command -v chromium >/dev/null || need_pkgs+=(chromium)
 dpkg -s fonts-noto-cjk >/dev/null 2>&1 || need_pkgs+=(fonts-noto-cjk)
+# npm fetches the portal's front-end libraries from the npm registry (below).
+command -v npm >/dev/null || need_pkgs+=(npm)
 # unzip unpacks Keycloak's distribution.
 [ -n "${KEYCLOAK_URL:-}" ] || command -v unzip >/dev/null || need_pkgs+=(unzip)
 if [ ${#need_pkgs[@]} -gt 0 ]; then
