@@ -398,10 +398,17 @@ class VouchersService(ServiceBase):
     def _order_step(self, call, order_id, plan):
         """One order or claim transition as one guarded write of the voucher. `plan(voucher,
         order)` returns (guard, inc, set, events) or raises; a lost race re-reads and re-plans."""
+        step_key = call.stable_hex(32) if call and call.idempotency_key else None
         for _ in range(RETRIES):
             voucher, order = self._order(call, order_id)
+            if step_key and order.get("step_key") == step_key:
+                # This request's earlier run made the step and its answer was lost (the database went
+                # away after the write): answer as that run would have, not with a 409 for the state it left.
+                return voucher
             guard, inc, set_, events = plan(voucher, order)
             guard = dict(guard, **{f"orders.{order_id}.state": order["state"]})
+            if step_key:  # kept with the step, in the same write: a retry under the same key knows it
+                set_ = dict(set_ or {}, **{f"orders.{order_id}.step_key": step_key})
             stored = self._change_voucher(voucher, guard, events, inc=inc, set_=set_)
             if stored is not None:
                 return stored

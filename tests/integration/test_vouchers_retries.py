@@ -7,7 +7,7 @@ import pytest
 
 from services.vouchers import service as vouchers_service
 from services.vouchers.storage import VoucherRepo
-from tests.integration.test_vouchers_api import ENT, vapi  # noqa: F401 - the fixture
+from tests.integration.test_vouchers_api import ENT, EVIDENCE, vapi  # noqa: F401 - the fixture
 
 pytestmark = pytest.mark.integration
 
@@ -61,3 +61,30 @@ def test_an_order_retried_after_a_crash_holds_the_subsidy_once(vapi, monkeypatch
     after = vapi("GET", f"/api/v1/vouchers/{voucher['voucher_id']}", "enterprise", ENT).json()
     assert after["held_fen"] == retried.json()["subsidy_fen"]
     assert after["free_fen"] == voucher["face_value_fen"] - retried.json()["subsidy_fen"]
+
+
+@pytest.mark.parametrize("step", ["deliver", "confirm", "claim", "approve"])
+def test_a_step_whose_answer_was_lost_is_answered_on_retry_not_refused(vapi, monkeypatch, event_tap, step):  # noqa: F811
+    # The database went away after the step was written (kill -9 of FerretDB did this): a retry under the
+    # same key must be told the step happened, not get a 409 for the state its own first run left.
+    pid = vapi.world()
+    oid = vapi.order(vapi.voucher(pid)["voucher_id"]).json()["order_id"]
+    cid = oid.replace("o_", "c_", 1)
+    steps = {"deliver": ("POST", f"/api/v1/orders/{oid}/deliver", "agency", "ag-1", EVIDENCE, "order.delivered"),
+             "confirm": ("POST", f"/api/v1/orders/{oid}/confirm", "enterprise", ENT, None, "order.confirmed"),
+             "claim": ("POST", "/api/v1/claims", "agency", "ag-1", {"order_id": oid}, "claim.submitted"),
+             "approve": ("POST", f"/api/v1/claims/{cid}/approve", "officer", "o1", None, "claim.approved")}
+    for name, (method, path, role, subject, body, _) in steps.items():
+        if name == step:
+            break
+        assert vapi(method, path, role, subject, json=body).status_code in (200, 201)
+    method, path, role, subject, body, event_type = steps[step]
+    tap = event_tap("vouchers", event_type)
+    key = {"Idempotency-Key": uuid.uuid4().hex}
+    view = "claim_view" if step in ("claim", "approve") else "order_view"
+    crash_once(monkeypatch, vouchers_service, view)   # the step is stored, the answer is lost
+    assert vapi(method, path, role, subject, json=body, headers=dict(key)).status_code == 500
+    retried = vapi(method, path, role, subject, json=body, headers=dict(key))
+    assert retried.status_code in (200, 201), retried.text
+    assert [e["type"] for e in tap.take(1)] == [event_type]                           # the step happened once
+    assert vapi(method, path, role, subject, json=body).status_code == 409            # another request is refused
