@@ -50,6 +50,14 @@ pymongo.MongoClient(sys.argv[1], serverSelectionTimeoutMS=2000).admin.command("p
 PY
 }
 
+# RabbitMQ and FerretDB may be shared by checkouts (each test run has its own vhost and databases), but a
+# Keycloak or S3 gateway another checkout started holds that checkout's admin password and keys: using it
+# fails later with an error that names neither. Say so at once.
+started_here() { [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
+foreign() {
+  die "$1 answers on 127.0.0.1:$2 but this checkout did not start it (another checkout's? 'make stop' there, or set $3 to a free port)"
+}
+
 start_rabbit() {
   if [ -n "${AMQP_URI:-}" ]; then
     amqp_answers "$AMQP_URI" || die "AMQP_URI=$AMQP_URI does not answer"
@@ -112,7 +120,10 @@ start_s3() {
     (umask 077; "$PY" -c 'import secrets; print("ipv" + secrets.token_hex(8)); print(secrets.token_urlsafe(30))' \
       >"$S3_DIR/credentials")
   fi
-  if s3_answers "$(s3_uri)"; then say "S3 gateway already running on 127.0.0.1:$S3_PORT"; return; fi
+  if s3_answers "$(s3_uri)"; then
+    started_here "$S3_DIR/versitygw.pid" || foreign "an S3 gateway" "$S3_PORT" IPV_S3_PORT
+    say "S3 gateway already running on 127.0.0.1:$S3_PORT"; return
+  fi
   [ -x "$VERSITYGW_BIN" ] || die "versitygw missing: run scripts/install.sh"
   say "starting the Versity S3 gateway $VERSITYGW_VERSION on 127.0.0.1:$S3_PORT (data: $S3_DIR)"
   # Versioning (a folder of its own) is what S3 object lock needs: delivered documents get a legal hold.
@@ -164,7 +175,9 @@ start_keycloak() {
     say "using Keycloak at KEYCLOAK_URL"; return
   fi
   local pidf=$KC_DIR/keycloak.pid
-  if keycloak_ready; then say "Keycloak already running on 127.0.0.1:$KEYCLOAK_PORT"
+  if keycloak_ready; then
+    started_here "$pidf" || foreign "a Keycloak" "$KEYCLOAK_PORT" IPV_KEYCLOAK_PORT
+    say "Keycloak already running on 127.0.0.1:$KEYCLOAK_PORT"
   elif [ -f "$pidf" ] && kill -0 "$(cat "$pidf")" 2>/dev/null; then
     # Ours, still starting (or on other ports than asked): a second one would find its database locked.
     wait_for "Keycloak" 240 keycloak_ready "" "$(cat "$pidf")" \
