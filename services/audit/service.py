@@ -6,11 +6,7 @@ import json
 import logging
 from datetime import datetime
 
-import eventlet
-from amqp.exceptions import NotFound as QueueNotFound
-from kombu import Connection
 from nameko.dependency_providers import Config
-from nameko.exceptions import UnknownService
 from nameko.rpc import RpcProxy, rpc
 from nameko.timer import timer
 from pymerkle import InvalidChallenge
@@ -23,6 +19,7 @@ from ipvkit.errors import ApiError, BadRequest, NotFound, RuleRefused
 from ipvkit.events import new_event
 from ipvkit.http import ServiceBase, api
 from ipvkit.realm_admin import Realm
+from ipvkit.rpc import ask as rpc_ask
 from services.audit import domain, identity, ledger, metrics, projector
 from services.audit import schemas as s
 from services.audit.keys import SigningKey
@@ -35,7 +32,6 @@ READERS = ("auditor", "officer")
 PRODUCERS = ("enterprises", "providers", "vouchers", "documents", "audit")
 BUCKET_FIELDS = ("budget", "remaining", "free", "held", "paid", "returned")
 VOUCHER_FIELDS = ("face_value", "free", "held", "paid", "returned")
-RPC_QUEUE = "rpc-vouchers"  # nameko's queue of the vouchers service's @rpc methods
 
 
 class Unavailable(ApiError):
@@ -286,7 +282,11 @@ class AuditService(ServiceBase):
     def inclusion_proof(self, call):
         position = number(call.path, "position")
         entry = self._entry(position)
-        checkpoint = self._checkpoint_at(call.query.get("checkpoint"))
+        size = call.query.get("checkpoint")
+        if size is None and self.store.latest_checkpoint() is None:
+            # A new ledger before its first checkpoint: the entry is simply not in one yet, as below.
+            raise RuleRefused("entry_after_checkpoint", f"entry {position} awaits the ledger's first checkpoint")
+        checkpoint = self._checkpoint_at(size)
         if position >= checkpoint["_id"]:
             raise RuleRefused("entry_after_checkpoint",
                               f"entry {position} is not in the checkpoint of size {checkpoint['_id']}")
@@ -378,21 +378,9 @@ class AuditService(ServiceBase):
                 "next_cursor": page[-1] if len(programmes) > limit else None}
 
     def _ask_vouchers(self, method, *args, **kwargs):
-        """One RPC to the vouchers service, or a 503 at once when no pod of it listens (a call
-        would wait in its queue) and after AUDIT_RPC_TIMEOUT_S when it does not answer."""
-        try:
-            with Connection(self.config["AMQP_URI"]) as conn:
-                listening = conn.default_channel.queue_declare(RPC_QUEUE, passive=True).consumer_count
-        except QueueNotFound:
-            listening = 0
-        if not listening:
-            raise Unavailable("the vouchers service is not running; reconciliation needs its figures")
-        timeout = float(self.config.get("AUDIT_RPC_TIMEOUT_S") or 5)
-        try:
-            with eventlet.Timeout(timeout, Unavailable("the vouchers service did not answer in time")):
-                return getattr(self.vouchers, method)(*args, **kwargs)
-        except UnknownService:
-            raise Unavailable("the vouchers service is not running; reconciliation needs its figures")
+        return rpc_ask(self.vouchers, method, *args, amqp_uri=self.config["AMQP_URI"],
+                       timeout=float(self.config.get("AUDIT_RPC_TIMEOUT_S") or 5),
+                       absent="the vouchers service is not running; reconciliation needs its figures", **kwargs)
 
     def _reconcile_programme(self, programme_id, ours, theirs, facts):
         out = {"programme_id": programme_id, "differences": {}, "vouchers": [], "entries": []}

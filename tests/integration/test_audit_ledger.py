@@ -147,6 +147,8 @@ def test_proofs_verify_offline_and_fail_when_altered(audit, amqp_uri, event_tap)
     ev = Events(amqp_uri)
     enterprises(ev, 3)
     wait_size(api, 3)
+    early = api.get("/api/v1/audit/entries/1/proof")    # no checkpoint yet: not in one, like a later entry
+    assert early.status_code == 422 and early.json()["rule"] == "entry_after_checkpoint"
     older = api.post("/api/v1/audit/checkpoints").json()
     assert tap.next()["data"] == older                                    # published as an event ...
     wait_size(api, 4)                                                     # ... which the ledger records too
