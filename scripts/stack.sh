@@ -136,14 +136,18 @@ start_s3() {
     die "the S3 gateway did not answer on 127.0.0.1:$S3_PORT; see $S3_DIR/versitygw.log. A port in use? try IPV_S3_PORT=..."; }
 }
 
+# Stops the process in pid file $2 (waiting up to 5 s) and says "$1 stopped".
+stop_pidfile() {
+  if [ -f "$2" ] && kill "$(cat "$2")" 2>/dev/null; then
+    for _ in $(seq 50); do kill -0 "$(cat "$2")" 2>/dev/null || break; sleep 0.1; done
+    say "$1 stopped"
+  fi
+  rm -f "$2"
+}
+
 stop_s3() {
   [ -z "${S3_ENDPOINT_URL:-}" ] || return 0
-  local pidf=$S3_DIR/versitygw.pid
-  if [ -f "$pidf" ] && kill "$(cat "$pidf")" 2>/dev/null; then
-    for _ in $(seq 50); do kill -0 "$(cat "$pidf")" 2>/dev/null || break; sleep 0.1; done
-    say "S3 gateway stopped"
-  fi
-  rm -f "$pidf"
+  stop_pidfile "S3 gateway" "$S3_DIR/versitygw.pid"
 }
 
 stop_rabbit() {
@@ -156,12 +160,7 @@ stop_rabbit() {
 
 stop_ferret() {
   [ -z "${MONGO_URI:-}" ] || return 0
-  local pidf=$FERRET_DIR/ferretdb.pid
-  if [ -f "$pidf" ] && kill "$(cat "$pidf")" 2>/dev/null; then
-    for _ in $(seq 50); do kill -0 "$(cat "$pidf")" 2>/dev/null || break; sleep 0.1; done
-    say "FerretDB stopped"
-  fi
-  rm -f "$pidf"
+  stop_pidfile FerretDB "$FERRET_DIR/ferretdb.pid"
 }
 
 # -- Keycloak ----------------------------------------------------------------------------------------

@@ -6,13 +6,9 @@ import re
 import uuid
 from urllib.parse import quote
 
-import eventlet
 from eventlet import tpool
-from amqp.exceptions import NotFound as QueueNotFound
-from kombu import Connection
 from marshmallow import RAISE, Schema, ValidationError, validate
 from nameko.dependency_providers import Config
-from nameko.exceptions import UnknownService
 from nameko.rpc import RpcProxy
 from nameko.timer import timer
 from werkzeug.wrappers import Response
@@ -25,6 +21,7 @@ from ipvkit.contracts.document import KINDS, MEDIA_TYPES
 from ipvkit.errors import (ApiError, BadRequest, NotFound, PayloadTooLarge, RuleRefused, Unavailable,
                            UnsupportedMediaType)
 from ipvkit.http import ServiceBase, api
+from ipvkit.rpc import ask as rpc_ask
 from ipvkit.text import Text
 from services.documents import domain, metrics
 from services.documents import schemas as s
@@ -35,7 +32,6 @@ log = logging.getLogger(__name__)
 
 NAME = "documents"
 READERS = domain.PARTIES + domain.READERS_STAFF
-AUDIT_RPC_QUEUE = "rpc-audit"  # nameko's queue of the audit service's @rpc methods
 CHUNK = 256 * 1024
 SAFE_FILENAME = re.compile(r"[\x00-\x1f\x7f\u202a-\u202e\u2066-\u2069\\/]")
 
@@ -253,21 +249,9 @@ class DocumentsService(ServiceBase):
                     detail=f"{entry['type']} at ledger position {entry['position']}")
 
     def _ask_audit(self, method, *args):
-        """One RPC to the audit service, or Unavailable at once when no pod of it listens and after
-        DOCUMENT_RPC_TIMEOUT_S when it does not answer."""
-        try:
-            with Connection(self.config["AMQP_URI"]) as conn:
-                listening = conn.default_channel.queue_declare(AUDIT_RPC_QUEUE, passive=True).consumer_count
-        except QueueNotFound:
-            listening = 0
-        if not listening:
-            raise Unavailable("the audit service is not running, so the ledger cannot be compared")
-        timeout = float(self.config.get("DOCUMENT_RPC_TIMEOUT_S") or 5)
-        try:
-            with eventlet.Timeout(timeout, Unavailable("the audit service did not answer in time")):
-                return getattr(self.audit, method)(*args)
-        except UnknownService:
-            raise Unavailable("the audit service is not running, so the ledger cannot be compared")
+        return rpc_ask(self.audit, method, *args, amqp_uri=self.config["AMQP_URI"],
+                       timeout=float(self.config.get("DOCUMENT_RPC_TIMEOUT_S") or 5),
+                       absent="the audit service is not running, so the ledger cannot be compared")
 
     # -- events --------------------------------------------------------------------------------
     @consume([("vouchers", "order.placed")])

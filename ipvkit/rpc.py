@@ -1,0 +1,27 @@
+"""Calling another service's @rpc method from an HTTP route without hanging the route: nameko's proxy would
+wait in the target's queue for as long as no pod of it runs, and for ever when one does not answer."""
+import eventlet
+from amqp.exceptions import NotFound as QueueNotFound
+from kombu import Connection
+from nameko.exceptions import UnknownService
+from nameko.rpc import RPC_QUEUE_TEMPLATE
+
+from ipvkit.errors import Unavailable
+
+
+def ask(proxy, method, *args, amqp_uri, timeout, absent, **kwargs):
+    """`proxy.method(*args, **kwargs)` (`proxy`: a worker's RpcProxy), or Unavailable (503) with `absent` at
+    once when no pod of the target listens on its queue, and after `timeout` seconds without an answer."""
+    queue = RPC_QUEUE_TEMPLATE.format(proxy.service_name)
+    try:
+        with Connection(amqp_uri) as conn:
+            listening = conn.default_channel.queue_declare(queue, passive=True).consumer_count
+    except QueueNotFound:
+        listening = 0
+    if not listening:
+        raise Unavailable(absent)
+    try:
+        with eventlet.Timeout(timeout, Unavailable(f"the {proxy.service_name} service did not answer in time")):
+            return getattr(proxy, method)(*args, **kwargs)
+    except UnknownService:
+        raise Unavailable(absent)
