@@ -15,7 +15,7 @@ from werkzeug.wrappers import Response
 from ipvkit import contracts  # noqa: F401 - registers every event schema
 from ipvkit.clock import Clock, utc_iso
 from ipvkit.consumer import consume
-from ipvkit.errors import ApiError, BadRequest, NotFound, RuleRefused
+from ipvkit.errors import ApiError, BadRequest, NotFound, RuleRefused, Unavailable
 from ipvkit.events import new_event
 from ipvkit.http import ServiceBase, api
 from ipvkit.realm_admin import Realm
@@ -32,10 +32,6 @@ READERS = ("auditor", "officer")
 PRODUCERS = ("enterprises", "providers", "vouchers", "documents", "audit")
 BUCKET_FIELDS = ("budget", "remaining", "free", "held", "paid", "returned")
 VOUCHER_FIELDS = ("face_value", "free", "held", "paid", "returned")
-
-
-class Unavailable(ApiError):
-    status, code = 503, "unavailable"
 
 
 def entry_view(doc):
