@@ -18,16 +18,21 @@ pytestmark = pytest.mark.integration
 # null, missing, odd Unicode.
 # (FerretDB stores no infinity, no nested array and no key starting with `$`; it drops the connection
 # on a NaN.)
-SHAPES = ["a", "b", "A", "", "1", "5", "é", "e\u0301", "中文", "a\u0000b", 1, 5, 5.0, -3, 2.5, -0.0, Int64(2**62),
+SHAPES = ["a", "b", "A", "", "a<b", ["a<b"], "1", "5", "é", "e\u0301", "中文", "a\u0000b", 1, 5, 5.0, -3, 2.5, -0.0, Int64(2**62),
           Int64(-2**62), Int64(2**53 + 1), 1e300, True, False, None, ["a", "b"], ["b"], ["a", 5], [1, 7], [],
           [{"x": "a"}], {"x": "a"}, {"x": 5}, datetime.datetime(2026, 1, 1), "NaN"]
 FIELDS = ("f", "g")
 
 
-@pytest.fixture
-def collection(mongo_uri):
+@pytest.fixture(params=["unindexed", "indexed"])
+def collection(request, mongo_uri):
+    # Indexed: a string equality is found through the field's index (the patch's fifth fix), unindexed
+    # by a scan in SQLite (the fourth).
     name = f"test_{uuid.uuid4().hex[:12]}"
     client = MongoClient(mongo_uri)
+    if request.param == "indexed":
+        client[name].docs.create_index("f")
+        client[name].docs.create_index([("g", 1), ("f", 1)])
     rng = random.Random(20261202)
     docs = []
     for n in range(300):
@@ -41,7 +46,7 @@ def collection(mongo_uri):
     client.drop_database(name)
 
 
-FILTERS = [{"f": value} for value in ("a", "b", "", "1", "5", "é", "中文", "a\u0000b", "NaN", "missing")] + [
+FILTERS = [{"f": value} for value in ("a", "b", "", "1", "5", "é", "中文", "a\u0000b", "NaN", "missing", "a<b")] + [
     {"f": {op: value}} for op in ("$gt", "$gte", "$lt", "$lte")
     for value in (0, 1, 5, 5.0, -3, 2.5, -0.0, Int64(2**62), Int64(2**53), 2.0**53, 1e300, float("inf"), float("-inf"))] + [
     {"f": "a", "g": "b"},
@@ -82,3 +87,15 @@ def test_a_filter_on_a_field_is_left_to_sqlite(mongo_uri, collection):
         assert plan["filterPushdown"] is True, query
     plan = db.command("explain", {"find": "docs", "filter": {"$and": [{"f": "a"}]}})
     assert plan["filterPushdown"] is False
+
+
+def test_a_string_equality_on_an_indexed_field_searches_the_index(mongo_uri, collection):
+    db = MongoClient(mongo_uri)[collection.database.name]
+    plan = db.command("explain", {"find": "docs", "filter": {"f": "a"}})
+    if "filterPushdown" not in plan:
+        pytest.skip("MongoDB: the server plans with its own indexes")
+    steps = str(plan["queryPlanner"])
+    if "f_1" in collection.index_information():
+        assert "MULTI-INDEX OR" in steps and "SCAN" not in steps.replace("SCAN json_each", ""), steps
+    else:
+        assert "SCAN" in steps.replace("SCAN json_each", ""), steps
