@@ -38,14 +38,14 @@ def yuan(fen):
     return f"{sign}¥{whole:,}.{cents:02d}"
 
 
-def local_time(value):
-    """A UTC ISO timestamp from the API → 'YYYY-MM-DD HH:MM' in the portal's time zone."""
+def local_time(value, seconds=False):
+    """A UTC ISO timestamp from the API → 'YYYY-MM-DD HH:MM' (with seconds: ':SS') in the portal's time zone."""
     if not value:
         return "—"
     moment = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
     if moment.tzinfo is None:
         return str(value)
-    return moment.astimezone(ZoneInfo(current_app.config["TIMEZONE"])).strftime("%Y-%m-%d %H:%M")
+    return moment.astimezone(ZoneInfo(current_app.config["TIMEZONE"])).strftime("%Y-%m-%d %H:%M:%S" if seconds else "%Y-%m-%d %H:%M")
 
 
 def named(value, table):

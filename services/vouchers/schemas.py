@@ -73,6 +73,10 @@ class BalancesOut(Schema):
     returned_fen = fen_out()
 
 
+class RecountedBalancesOut(BalancesOut):
+    as_of = fields.AwareDateTime(required=True, metadata={"description": "when the recount read the vouchers (UTC)"})
+
+
 class ApplyIn(Schema):
     programme_id = Text(required=True, validate=ID)
     tier = Text(validate=validate.OneOf(TIERS),

@@ -21,6 +21,7 @@ from ipvkit.storage import MongoStore, Repo
 
 PROGRAMMES, REVISIONS, VOUCHERS, CAPS = "programmes", "programme_revisions", "vouchers", "annual_caps"
 QUALIFICATIONS, AGENCIES, DOCUMENTS = "qualifications", "agencies", "documents"
+FIGURES = "programme_figures"
 SUMMED = ("face_value_fen", "free_fen", "held_fen", "paid_fen", "returned_fen")
 
 
@@ -185,6 +186,21 @@ class VoucherRepo(Repo):
             for state in claims:
                 claims[state] += doc[f"claims_{state}"]
         return sums, live, claims
+
+    def save_figures(self, balances, as_of):
+        """Keeps each programme's buckets as a recount found them at `as_of`, for pages that can show
+        figures seconds old instead of summing every voucher on each view (2 s at 10,000 vouchers on
+        FerretDB). A recount older than the stored one (another pod's, finishing later) is dropped."""
+        for balance in balances:
+            try:
+                self.db[FIGURES].update_one(
+                    {"_id": balance["programme_id"], "$or": [{"as_of": {"$lt": as_of}}, {"as_of": {"$exists": False}}]},
+                    {"$set": dict(balance, as_of=as_of)}, upsert=True)
+            except DuplicateKeyError:  # a newer recount is stored
+                pass
+
+    def recounted(self, programme_id):
+        return self.db[FIGURES].find_one({"_id": programme_id}, {"_id": 0})
 
     # -- read models fed by events -------------------------------------------------------------
     def apply_qualification(self, qualification_id, fields_, sequence):

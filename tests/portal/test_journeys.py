@@ -268,8 +268,14 @@ def test_officer_reviews_the_claim_beside_its_materials_approves_and_pays(people
     officer.page.get_by_role("button", name="登记付款").click()
     officer.check()
     assert "付款已登记" in flash(officer)
-    # the run's programme takes no more applications, so the next run's lists stay short
+    # the programme's page shows its buckets as last recounted, and when; the exact count is one click
     officer.goto(f"/officer/programmes/{journey['programmes'][PROGRAMME]}")
+    assert "核算的数字，每隔数秒重新核算" in officer.text()
+    officer.page.get_by_role("link", name="立即逐张核算").click()
+    officer.check()
+    assert "以上为刚刚逐张核算的数字" in officer.text()
+    assert officer.page.locator("dt:has-text('已支付') + dd").inner_text() == "¥6,000.00"
+    # the run's programme takes no more applications, so the next run's lists stay short
     officer.page.get_by_role("button", name="停止受理新申领").click()
     assert "项目已停止受理新申领" in flash(officer)
 

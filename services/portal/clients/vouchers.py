@@ -13,6 +13,9 @@ class VouchersClient(ApiClient):
     def get_programme_balances(self, programme_id):
         return self.get(f"/api/v1/programmes/{programme_id}/balances")
 
+    def get_programme_balances_recounted(self, programme_id):
+        return self.get(f"/api/v1/programmes/{programme_id}/balances/recounted")
+
     def create_programme(self, terms):
         return self.post("/api/v1/programmes", terms)
 
