@@ -280,6 +280,54 @@ def test_officer_reviews_the_claim_beside_its_materials_approves_and_pays(people
     assert "项目已停止受理新申领" in flash(officer)
 
 
+def test_under_enterprise_pays_the_enterprise_claims_and_an_officer_rejects_with_a_reason(people, base_url):
+    # Programme, voucher, order and delivery through the API (their pages are driven above); the claim by
+    # the enterprise itself and the rejection are what this test clicks.
+    from scripts.keycloak import Keycloak, Tokens
+    tokens = Tokens(Keycloak())
+    officer_token, enterprise_token = tokens("officer"), tokens("enterprise", ENTERPRISE)
+    programme = api_json(base_url, "/api/v1/programmes", officer_token, "POST", {
+        "name": f"门户测试企业兑付 {RUN}", "region": "331021", "fund_source": "门户测试专项资金",
+        "budget_fen": 10_000_000, "opens_on": "2026-01-01", "closes_on": "2027-12-31", "validity_days": 365,
+        "redemption_model": "enterprise_pays",
+        "tiers": [{"tier": "srdi_sme", "face_value_fen": 2_000_000, "annual_cap_fen": 2_000_000}],
+        "catalogue": [{"service_code": "PAT-01", "name": "专利导航分析", "subsidy_ratio_bp": 5000,
+                       "item_cap_fen": 800_000, "agency_kinds": ["patent"]}]})
+    api_json(base_url, f"/api/v1/programmes/{programme['programme_id']}/open", officer_token, "POST")
+    voucher = api_json(base_url, "/api/v1/vouchers", enterprise_token, "POST", {"programme_id": programme["programme_id"]})
+    deliver_by = time.strftime("%Y-%m-%d", time.gmtime(time.time() + 30 * 86400))
+    order = api_json(base_url, "/api/v1/orders", enterprise_token, "POST", {
+        "voucher_id": voucher["voucher_id"], "agency_id": "91331021MA2H1PT0XL", "service_code": "PAT-01",
+        "price_fen": 1_000_000, "deliver_by": deliver_by})
+    api_json(base_url, f"/api/v1/orders/{order['order_id']}/deliver", tokens("agency", "91331021MA2H1PT0XL"), "POST", {
+        "contract_ref": f"HT-E-{RUN}", "invoice_no": f"3301{RUN}", "payment_proof_ref": f"BANK-E-{RUN}",
+        "official_no": None, "deliverable_sha256": hashlib.sha256(SECOND_DELIVERABLE).hexdigest()})
+
+    enterprise = people("enterprise")
+    enterprise.goto(f"/enterprise/orders/{order['order_id']}")
+    enterprise.page.get_by_role("button", name="确认交付").click()
+    enterprise.check()
+    assert "按本项目规定，由贵企业申请兑付资助 ¥5,000.00" in enterprise.text()
+    enterprise.page.get_by_role("button", name="提交兑付申请").click()
+    enterprise.check()
+    assert "兑付申请已提交" in flash(enterprise)
+
+    officer = people("officer")
+    claim = order["order_id"].replace("o_", "c_", 1)
+    officer.goto("/officer/claims")
+    officer.page.get_by_role("link", name=claim).click()
+    officer.check()
+    officer.page.get_by_label("驳回理由").fill("发票金额与合同不符")
+    officer.page.get_by_role("button", name="驳回兑付").click()
+    officer.check()
+    assert "兑付已驳回" in flash(officer)
+
+    enterprise.goto(f"/enterprise/orders/{order['order_id']}")
+    assert "已驳回: 发票金额与合同不符" in enterprise.text()   # the payee reads the reason
+    enterprise.goto(f"/enterprise/vouchers/{voucher['voucher_id']}")
+    assert enterprise.page.locator("dt:has-text('可用余额') + dd").inner_text() == "¥20,000.00"   # the hold came back
+
+
 def test_the_payment_appears_in_the_public_notice_with_its_ledger_entry(visitor):
     def listed():
         visitor.goto(f"/publicity/{journey['programmes'][PROGRAMME]}")
