@@ -38,6 +38,20 @@ from ipvkit.text import printable, text_problem
 
 log = logging.getLogger(__name__)
 
+
+class _ClientErrorsAsInfo(logging.Filter):
+    """nameko logs every exception a route raises with its traceback: an ApiError (a 4xx: the client's
+    mistake or a rule, answered in JSON) at WARNING as "expected", which made every 404 and 409 look like
+    a fault in the logs ops alert on. Kept as one INFO line with the reason, no traceback."""
+
+    def filter(self, record):
+        if record.exc_info and isinstance(record.exc_info[1], ApiError):
+            record.levelno, record.levelname, record.exc_info, record.exc_text = logging.INFO, "INFO", None, None
+        return True
+
+
+logging.getLogger("nameko.containers").addFilter(_ClientErrorsAsInfo())
+
 MAX_BODY_BYTES = 64 * 1024
 PUBLIC = ()
 WRITE_METHODS = {"POST", "PUT", "PATCH", "DELETE"}
@@ -228,6 +242,7 @@ class ApiHandler(HttpRequestHandler):
         self.status = status
         self.summary = summary
         self.stream_schema = stream
+        kwargs.setdefault("expected_exceptions", ApiError)
         super().__init__(method, url, **kwargs)
 
     def setup(self):

@@ -1,11 +1,13 @@
 """Generic HTTP guards in ipvkit.http that fuzzing showed were missing."""
 import json
+import logging
 import socket
 
 import pytest
 import requests
 from marshmallow import Schema, fields
 
+from ipvkit.errors import Conflict
 from ipvkit.http import ServiceBase, api
 
 pytestmark = pytest.mark.integration
@@ -28,6 +30,10 @@ class Echo(ServiceBase):
 
     @api("POST", "/things", roles=("auditor",), body=Body)
     def add(self, call):
+        if call.body["amounts"] == [0]:
+            raise Conflict("zero is taken")
+        if call.body["amounts"] == [13]:
+            raise RuntimeError("a bug")
         return call.body
 
 
@@ -90,3 +96,19 @@ def test_what_the_http_server_refuses_before_any_route_is_a_json_error_too(conta
         assert (got, "content-type: application/json" in head) == (status, True), (request[:50], got, head, body)
         assert json.loads(body)["error"] == code and json.loads(body)["message"]
     assert requests.get(f"http://{address}/healthz").json() == {"status": "ok"}    # still serving
+
+
+def test_a_refusal_is_one_info_line_and_a_bug_an_error_with_its_traceback(container_factory, service_config, token,
+                                                                          caplog):
+    # Ops alert on ERROR lines: a 4xx is the client's mistake or a rule, answered in JSON, not a fault.
+    container = container_factory(Echo, service_config)
+    container.start()
+    base, auth = f"http://{service_config['WEB_SERVER_ADDRESS']}", token("auditor", "a1")
+    caplog.set_level(logging.INFO, logger="nameko.containers")
+    assert requests.post(f"{base}/things", headers=auth, json={"amounts": [0]}).status_code == 409
+    refusals = [r for r in caplog.records if r.name == "nameko.containers" and "zero is taken" in r.getMessage()]
+    assert [(r.levelname, r.exc_info) for r in refusals] == [("INFO", None)]
+    caplog.clear()
+    assert requests.post(f"{base}/things", headers=auth, json={"amounts": [13]}).status_code == 500
+    bugs = [r for r in caplog.records if r.name == "nameko.containers" and "a bug" in r.getMessage()]
+    assert [r.levelname for r in bugs] == ["ERROR"] and bugs[0].exc_info is not None
