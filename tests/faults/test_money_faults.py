@@ -56,8 +56,8 @@ class Money:
     """The module's stack: audit, a tap on vouchers.events, vouchers, an open programme, agencies
     and qualified enterprises (three slices, one per test)."""
 
-    def __init__(self):
-        self.stack = PrivateStack.start()
+    def __init__(self, nodes=1):
+        self.stack = PrivateStack.start(nodes)
         # The audit queue and the tap exist before the vouchers service publishes anything.
         self.audit = ServiceProcess(self.stack, "audit",
                                     env={"AUDIT_SIGNING_KEY": str(self.stack.var / "audit_key.pem")}).start()
