@@ -210,6 +210,7 @@ def main(argv=None, out=sys.stdout):
     parser = argparse.ArgumentParser(prog="python -m ipvkit.migrate_queues", description=__doc__.split("\n")[0])
     parser.add_argument("--amqp-uri", default=os.environ.get("AMQP_URI"), help="default: $AMQP_URI")
     parser.add_argument("command", choices=("plan", "run"))
+    parser.add_argument("--quiet", action="store_true", help="say nothing when nothing had to move")
     args = parser.parse_args(argv)
     if not args.amqp_uri:
         parser.error("no broker: set AMQP_URI or pass --amqp-uri")
@@ -222,12 +223,18 @@ def main(argv=None, out=sys.stdout):
             now = {"other": "classic", "quorum": "quorum", "absent": "absent"}[kind]
             print(f"{name:<{width}}  {now:<8}  {waiting:>7}  {todo}", file=out)
         return 0
+    moved_any = [False]
+
+    def say(line):
+        moved_any[0] = True
+        print(line, file=out)
     try:
-        moved = run(args.amqp_uri, say=lambda line: print(line, file=out))
+        moved = run(args.amqp_uri, say=say)
     except Refused as exc:
         print(f"error: {exc}", file=out)
         return 1
-    print(f"done: every queue is a quorum queue; {sum(moved.values())} message(s) moved", file=out)
+    if moved_any[0] or not args.quiet:
+        print(f"done: every queue is a quorum queue; {sum(moved.values())} message(s) moved", file=out)
     return 0
 
 

@@ -155,6 +155,13 @@ start_rabbit() {
   rabbitmqctl -q -n "$(first_node)" add_vhost "$TEST_VHOST" >/dev/null 2>&1 || true
   rabbitmqctl -q -n "$(first_node)" set_permissions -p "$TEST_VHOST" guest '.*' '.*' '.*' >/dev/null \
     || die "could not grant guest access to vhost $TEST_VHOST"
+  # A local broker that holds classic queues from before quorum queues (the services would be refused
+  # on them) is moved now, unless a service still runs on it (then: make stop, make run).
+  local vhost
+  for vhost in "" "$TEST_VHOST"; do
+    (cd "$ROOT" && "$PY" -W ignore -m ipvkit.migrate_queues --quiet --amqp-uri "$(amqp_uri "$vhost")" run >&2) \
+      || say "RabbitMQ vhost '${vhost:-/}' still has classic queues: stop the services, then make migrate-queues"
+  done
 }
 
 start_ferret() {
