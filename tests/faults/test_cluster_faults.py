@@ -56,11 +56,14 @@ def kill_the_busiest_leader(money, work, killed_before=()):
     wait_until("an event that occurred after the kill in the audit ledger, the node still dead", lambda: any(
         datetime.fromisoformat(e["event"]["occurred_at"].replace("Z", "+00:00")) > since
         for e in entries(money.audit.base, auditor)), 180, interval=1)
+    flowing = time.time()
     moved = stack.leaders()
     stuck = [q for q in led_before if moved.get(q) in (None, leader)]
     assert not stuck, f"no new leader on the surviving nodes for {stuck}"
     stack.start_rabbit()
-    return {"killed": leader, "queues_it_led": len(led_before), "down_s": round(time.time() - killed, 1)}
+    return {"killed": leader, "queues_it_led": len(led_before),
+            "events_flowing_again_s": round(flowing - killed, 1),   # an upper bound: the ledger is polled
+            "down_s": round(time.time() - killed, 1)}   # killed until started again and rejoined
 
 
 _killed = []
