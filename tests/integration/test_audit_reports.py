@@ -13,8 +13,8 @@ from kombu import Connection
 from openapi_spec_validator import validate as validate_openapi
 
 from ipvkit.amqp import consumer_queues, events_exchange
-from ipvkit.rpc import rpc   # the rpc-vouchers queue as the real service declares it (quorum)
 from ipvkit.events import new_event
+from ipvkit.rpc import rpc   # the rpc-vouchers queue as the real service declares it (quorum)
 from services.audit.service import AuditService
 from tests.conftest import dumps, publish_raw
 
