@@ -5,7 +5,7 @@ export PORT ?= 8000
 PY := .venv/bin/python
 ENV := source var/env
 
-.PHONY: help install stack run demo token admin test test-unit stop status clean deadletters bench
+.PHONY: help install stack run demo token admin test test-unit stop status clean deadletters migrate-queues bench
 
 help:
 	@echo "make run     install what is missing, start RabbitMQ, FerretDB, Keycloak and every service, load demo data"
@@ -46,6 +46,11 @@ test-unit: install
 # `make deadletters ARGS="replay enterprises.on_agency_standing --id <event_id>"` (or --all).
 deadletters:
 	@$(ENV) && $(PY) -W ignore -m ipvkit.deadletters $(or $(ARGS),list)
+
+# An installation that started on classic queues moves to quorum queues, every service stopped first
+# (docs/operations.md, "Moving to quorum queues"): `make migrate-queues ARGS=plan`, then `make migrate-queues`.
+migrate-queues:
+	@$(ENV) && $(PY) -W ignore -m ipvkit.migrate_queues $(or $(ARGS),run)
 
 # Benchmarks, not part of `make test`; figures and how to read them: bench/README.md.
 # BENCH picks one: run (the whole chain), vouchers_orders, audit_ledger, providers_load, documents_upload,

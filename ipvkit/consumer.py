@@ -67,7 +67,9 @@ class EventConsumer(Entrypoint):
         self.amqp_uri = required(config, "AMQP_URI")
         self.prefetch = int(config.get("max_workers", 10))
         self.max_retries = int(config.get("EVENT_MAX_RETRIES", self.max_retries))
-        self.publisher = Publisher(self.amqp_uri, use_confirms=True,
+        # Confirms and `mandatory`: a retry or dead letter the broker did not take raises, and the message
+        # it came from is then not acknowledged (it is redelivered).
+        self.publisher = Publisher(self.amqp_uri, use_confirms=True, mandatory=True,
                                    declare=[self.retry_queue, self.dead_queue])
 
     def start(self):

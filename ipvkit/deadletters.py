@@ -32,7 +32,10 @@ from ipvkit.consumer import REASON_HEADER, RETRY_HEADER, EventConsumer
 
 SERVICES_DIR = Path(__file__).resolve().parent.parent / "services"
 # Headers the consumer adds when it retries or dead-letters; a replay starts the message afresh.
-DEAD_HEADERS = (RETRY_HEADER, REASON_HEADER, "x-ipv-dead-at", "x-ipv-queue")
+DEAD_HEADERS = (RETRY_HEADER, REASON_HEADER, "x-ipv-dead-at", "x-ipv-queue",
+                # ... and the broker, when it dead-lettered one itself (the work queue's delivery limit)
+                "x-death", "x-first-death-exchange", "x-first-death-queue", "x-first-death-reason",
+                "x-delivery-count")
 REPLAYS_HEADER = "x-ipv-replays"
 
 
@@ -82,7 +85,10 @@ def describe(message):
     """What ops need to decide about one dead letter."""
     headers = message.headers or {}
     body = message.body
-    info = {"reason": headers.get(REASON_HEADER, "(none)"), "dead_at": headers.get("x-ipv-dead-at"),
+    death = (headers.get("x-death") or [{}])[0]
+    broker_reason = f"broker: {death['reason']}" if death.get("reason") else "(none)"   # e.g. delivery_limit
+    info = {"reason": headers.get(REASON_HEADER, broker_reason),
+            "dead_at": headers.get("x-ipv-dead-at") or (str(death["time"]) if death.get("time") else None),
             "retries": headers.get(RETRY_HEADER, 0), "replays": headers.get(REPLAYS_HEADER, 0),
             "bytes": len(body), "event_id": None, "type": None, "first_bytes": body[:120]}
     try:

@@ -4,9 +4,31 @@ import eventlet
 from amqp.exceptions import NotFound as QueueNotFound
 from kombu import Connection
 from nameko.exceptions import UnknownService
-from nameko.rpc import RPC_QUEUE_TEMPLATE
+from kombu import Queue
+from nameko.rpc import RPC_QUEUE_TEMPLATE, Rpc, RpcConsumer, get_rpc_exchange
 
+from ipvkit.amqp import rpc_queue_arguments
 from ipvkit.errors import Unavailable
+
+
+class QuorumRpcConsumer(RpcConsumer):
+    """nameko's RPC consumer with its `rpc-<service>` queue declared as ipvkit.amqp says (quorum)."""
+
+    def setup(self):
+        # RpcConsumer.setup as in nameko 2.14.1, but for the queue's arguments.
+        if self.queue is None:
+            name = self.container.service_name
+            self.queue = Queue(RPC_QUEUE_TEMPLATE.format(name), exchange=get_rpc_exchange(self.container.config),
+                               routing_key=f"{name}.*", durable=True, queue_arguments=rpc_queue_arguments())
+            self.queue_consumer.register_provider(self)
+            self._registered = True
+
+
+class QuorumRpc(Rpc):
+    rpc_consumer = QuorumRpcConsumer()
+
+
+rpc = QuorumRpc.decorator
 
 
 def ask(proxy, method, *args, amqp_uri, timeout, absent, **kwargs):

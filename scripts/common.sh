@@ -21,6 +21,10 @@ AMQP_PORT=${IPV_AMQP_PORT:-5673}
 RABBIT_DIST_PORT=${IPV_RABBIT_DIST_PORT:-25673}
 MONGO_PORT=${IPV_MONGO_PORT:-27018}
 RABBIT_NODE=${IPV_RABBIT_NODE:-ipv@localhost}
+# IPV_RABBIT_NODES=3: a cluster of three nodes on loopback instead of one (the fault tests, `make bench`'s
+# quorum run). Node i is <name>-i@<host> on AMQP port AMQP_PORT+i-1 and distribution port
+# RABBIT_DIST_PORT+i-1, unless IPV_AMQP_PORTS / IPV_RABBIT_DIST_PORTS list them ("p1 p2 p3").
+RABBIT_NODES=${IPV_RABBIT_NODES:-1}
 
 # Keycloak (the identity provider): the Maven Central distribution, unpacked once into $CACHE; it needs
 # Java 21 or newer.

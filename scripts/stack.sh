@@ -2,6 +2,8 @@
 # Starts, stops or reports RabbitMQ, FerretDB, Keycloak and the S3 gateway for local use, all on loopback,
 # data under var/.
 #   scripts/stack.sh start|stop|status
+# IPV_RABBIT_NODES=3 makes RabbitMQ a cluster of three nodes on loopback (scripts/common.sh: names, ports),
+# for the fault tests and the benchmark; one node is the default, for speed.
 # With AMQP_URI / MONGO_URI / KEYCLOAK_URL / S3_ENDPOINT_URL set, that server is someone else's: nothing is
 # started, it is only checked.
 source "$(dirname "$0")/common.sh"
@@ -25,15 +27,9 @@ rabbit_env() {
     # A second stack of the same checkout (IPV_VAR elsewhere, e.g. the fault tests) gets its own.
     [ "$VAR" = "$ROOT/var" ] || RABBIT_DIR=$RABBIT_DIR-$(echo "$VAR" | sha256sum | cut -c1-8)
   fi
-  export RABBITMQ_NODENAME=$RABBIT_NODE RABBITMQ_NODE_IP_ADDRESS=127.0.0.1 RABBITMQ_NODE_PORT=$AMQP_PORT \
-    RABBITMQ_DIST_PORT=$RABBIT_DIST_PORT ERL_EPMD_ADDRESS=127.0.0.1 \
-    RABBITMQ_MNESIA_BASE=$RABBIT_DIR/mnesia RABBITMQ_LOG_BASE=$RABBIT_DIR/log \
-    RABBITMQ_PID_FILE=$RABBIT_DIR/rabbit.pid RABBITMQ_ENABLED_PLUGINS_FILE=$RABBIT_DIR/enabled_plugins \
-    RABBITMQ_CONFIG_FILE=$RABBIT_DIR/rabbitmq RABBITMQ_ADVANCED_CONFIG_FILE=$RABBIT_DIR/advanced.config
   export PATH=$PATH:/usr/sbin:/usr/lib/rabbitmq/bin
 }
 
-amqp_uri()  { echo "${AMQP_URI:-amqp://guest:guest@127.0.0.1:$AMQP_PORT/}"; }
 mongo_uri() { echo "${MONGO_URI:-mongodb://127.0.0.1:$MONGO_PORT/}"; }
 
 amqp_answers() {
@@ -58,32 +54,114 @@ foreign() {
   die "$1 answers on 127.0.0.1:$2 but this checkout did not start it (another checkout's? 'make stop' there, or set $3 to a free port)"
 }
 
+# The cluster's nodes, one "name amqp_port dist_port" line each (one line for a single node).
+rabbit_nodes() {
+  if [ "$RABBIT_NODES" = 1 ]; then echo "$RABBIT_NODE $AMQP_PORT $RABBIT_DIST_PORT"; return; fi
+  local amqp=(${IPV_AMQP_PORTS:-$(seq "$AMQP_PORT" $((AMQP_PORT + RABBIT_NODES - 1)))})
+  local dist=(${IPV_RABBIT_DIST_PORTS:-$(seq "$RABBIT_DIST_PORT" $((RABBIT_DIST_PORT + RABBIT_NODES - 1)))})
+  [ ${#amqp[@]} = "$RABBIT_NODES" ] && [ ${#dist[@]} = "$RABBIT_NODES" ] \
+    || die "IPV_AMQP_PORTS and IPV_RABBIT_DIST_PORTS must list $RABBIT_NODES ports each"
+  for i in $(seq 0 $((RABBIT_NODES - 1))); do
+    echo "${RABBIT_NODE%@*}-$((i + 1))@${RABBIT_NODE#*@} ${amqp[$i]} ${dist[$i]}"
+  done
+}
+first_node() { rabbit_nodes | awk 'NR == 1 {print $1}'; }
+
+# node_env NAME AMQP_PORT DIST_PORT: the environment of one node (call in a subshell); NODE_DIR is its data.
+node_env() {
+  NODE_DIR=$RABBIT_DIR
+  [ "$RABBIT_NODES" = 1 ] || NODE_DIR=$RABBIT_DIR/$1
+  # The distribution listener on loopback too (Erlang's default is every interface).
+  export RABBITMQ_NODENAME=$1 RABBITMQ_NODE_IP_ADDRESS=127.0.0.1 RABBITMQ_NODE_PORT=$2 \
+    RABBITMQ_DIST_PORT=$3 ERL_EPMD_ADDRESS=127.0.0.1 \
+    RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS="-kernel inet_dist_use_interface {127,0,0,1}" \
+    RABBITMQ_MNESIA_BASE=$NODE_DIR/mnesia RABBITMQ_LOG_BASE=$NODE_DIR/log \
+    RABBITMQ_PID_FILE=$NODE_DIR/rabbit.pid RABBITMQ_ENABLED_PLUGINS_FILE=$NODE_DIR/enabled_plugins \
+    RABBITMQ_CONFIG_FILE=$NODE_DIR/rabbitmq RABBITMQ_ADVANCED_CONFIG_FILE=$NODE_DIR/advanced.config
+}
+
+# The broker's URI for services: with a cluster, every node's, separated by ';' (kombu's alternates:
+# a client whose node dies fails over to the next one).
+amqp_uri() {
+  [ -z "${AMQP_URI:-}" ] || { echo "$AMQP_URI"; return; }
+  local vhost=${1:-} uris=() name port dist
+  while read -r name port dist; do uris+=("amqp://guest:guest@127.0.0.1:$port/$vhost"); done < <(rabbit_nodes)
+  (IFS=';'; echo "${uris[*]}")
+}
+
+# start_node NAME AMQP_PORT DIST_PORT: starts one node unless it answers; does not wait for it.
+start_node() {
+  (
+    node_env "$@"
+    if amqp_answers "amqp://guest:guest@127.0.0.1:$2/"; then say "RabbitMQ $1 already running on 127.0.0.1:$2"; exit 0; fi
+    mkdir -p "$NODE_DIR/log" "$NODE_DIR/mnesia"
+    echo '[].' >"$NODE_DIR/enabled_plugins"
+    # Our own config file so /etc/rabbitmq is never read; loopback users need no change.
+    printf 'listeners.tcp.default = 127.0.0.1:%s\nloopback_users = none\n' "$2" >"$NODE_DIR/rabbitmq.conf"
+    if [ "$RABBIT_NODES" != 1 ]; then
+      # A fresh node joins the others (the first to start forms the cluster); a node with data rejoins its
+      # cluster whatever this says. All nodes share the Erlang cookie of the user they run as: Debian's
+      # wrapper runs every node as `rabbitmq` with HOME=/var/lib/rabbitmq whatever our HOME is.
+      { echo "cluster_formation.peer_discovery_backend = classic_config"
+        n=1; while read -r peer _ _; do echo "cluster_formation.classic_config.nodes.$n = $peer"; n=$((n + 1)); done < <(rabbit_nodes)
+        # A node that lost its peers pauses instead of serving a minority (no split brain).
+        echo "cluster_partition_handling = pause_minority"
+      } >>"$NODE_DIR/rabbitmq.conf"
+    fi
+    echo '[].' >"$NODE_DIR/advanced.config"
+    # Debian's wrapper drops root to the rabbitmq user, which must own the node's directory.
+    if [ "$(id -u)" = 0 ] && id rabbitmq >/dev/null 2>&1; then chown -R rabbitmq:rabbitmq "$NODE_DIR"; fi
+    say "starting RabbitMQ $1 on 127.0.0.1:$2 (log: $NODE_DIR/log)"
+    setsid nohup rabbitmq-server >"$NODE_DIR/console.log" 2>&1 </dev/null &
+    echo $! >"$NODE_DIR/wrapper.pid"
+  )
+}
+
+wait_node() {
+  ( node_env "$@"
+    wait_for "RabbitMQ $1" 180 amqp_answers "amqp://guest:guest@127.0.0.1:$2/" "$(cat "$NODE_DIR/wrapper.pid" 2>/dev/null || echo $$)" || {
+      tail -30 "$NODE_DIR/console.log" >&2
+      die "RabbitMQ $1 did not answer on 127.0.0.1:$2 within 180 s; see $NODE_DIR/log. A port in use? try IPV_AMQP_PORT=..."; } )
+}
+
 start_rabbit() {
   if [ -n "${AMQP_URI:-}" ]; then
     amqp_answers "$AMQP_URI" || die "AMQP_URI=$AMQP_URI does not answer"
     say "using RabbitMQ at AMQP_URI"; return
   fi
   rabbit_env
-  if amqp_answers "$(amqp_uri)"; then say "RabbitMQ already running on 127.0.0.1:$AMQP_PORT"; else
-    command -v rabbitmq-server >/dev/null || die "rabbitmq-server missing: run scripts/install.sh"
-    mkdir -p "$RABBIT_DIR/log" "$RABBIT_DIR/mnesia"
-    echo '[].' >"$RABBIT_DIR/enabled_plugins"
-    # Our own config file so /etc/rabbitmq is never read; loopback users need no change.
-    printf 'listeners.tcp.default = 127.0.0.1:%s\nloopback_users = none\n' "$AMQP_PORT" >"$RABBIT_DIR/rabbitmq.conf"
-    echo '[].' >"$RABBIT_DIR/advanced.config"
-    # Debian's wrapper drops root to the rabbitmq user, which must own the node's directory.
-    if [ "$(id -u)" = 0 ] && id rabbitmq >/dev/null 2>&1; then chown -R rabbitmq:rabbitmq "$RABBIT_DIR"; fi
-    say "starting RabbitMQ on 127.0.0.1:$AMQP_PORT (log: $RABBIT_DIR/log)"
-    setsid nohup rabbitmq-server >"$RABBIT_DIR/console.log" 2>&1 </dev/null &
-    wait_for "RabbitMQ" 90 amqp_answers "$(amqp_uri)" $! || {
-      tail -30 "$RABBIT_DIR/console.log" >&2
-      die "RabbitMQ did not answer on 127.0.0.1:$AMQP_PORT within 90 s; see $RABBIT_DIR/log. A port in use? try IPV_AMQP_PORT=..."; }
+  command -v rabbitmq-server >/dev/null || die "rabbitmq-server missing: run scripts/install.sh"
+  local name port dist first
+  first=$(rabbit_nodes | sed -n 1p)
+  # A new cluster is formed by its first node alone; the others then join it. Nodes that have data all
+  # start at once: each waits for the peers it last saw running, so one at a time would wait for ever.
+  if [ "$RABBIT_NODES" != 1 ] && [ ! -d "$RABBIT_DIR/${first%% *}/mnesia/${first%% *}" ]; then
+    start_node $first; wait_node $first
+  fi
+  while read -r name port dist; do start_node "$name" "$port" "$dist" </dev/null; done < <(rabbit_nodes)
+  while read -r name port dist; do wait_node "$name" "$port" "$dist" </dev/null; done < <(rabbit_nodes)
+  if [ "$RABBIT_NODES" != 1 ]; then
+    # Up is not joined: every node must be running in one cluster before queues are declared across it.
+    local deadline=$((SECONDS + 60)) running
+    until running=$(rabbitmqctl -q -n "$(first_node)" eval \
+        'length(rabbit_nodes:all_running()).' 2>/dev/null) && [ "$running" = "$RABBIT_NODES" ]; do
+      [ $SECONDS -lt $deadline ] || die "RabbitMQ: only ${running:-?} of $RABBIT_NODES nodes run in one cluster; see $RABBIT_DIR/*/log"
+      sleep 1
+    done
+    say "RabbitMQ cluster of $RABBIT_NODES nodes is up: $(rabbit_nodes | cut -d' ' -f1 | tr '\n' ' ')"
   fi
   # Tests get their own vhost so they never meet the events of a `make run` stack; IPV_TEST_VHOST
   # gives two checkouts testing at once on one machine a vhost each, so they never share a queue.
-  rabbitmqctl -q -n "$RABBIT_NODE" add_vhost "$TEST_VHOST" >/dev/null 2>&1 || true
-  rabbitmqctl -q -n "$RABBIT_NODE" set_permissions -p "$TEST_VHOST" guest '.*' '.*' '.*' >/dev/null \
+  rabbitmqctl -q -n "$(first_node)" add_vhost "$TEST_VHOST" >/dev/null 2>&1 || true
+  rabbitmqctl -q -n "$(first_node)" set_permissions -p "$TEST_VHOST" guest '.*' '.*' '.*' >/dev/null \
     || die "could not grant guest access to vhost $TEST_VHOST"
+  # A local broker that holds classic queues from before quorum queues (the services would be refused
+  # on them) is moved now, unless a service still runs on it (then: make stop, make run).
+  local vhost
+  for vhost in "" "$TEST_VHOST"; do
+    (cd "$ROOT" && "$PY" -W ignore -m ipvkit.migrate_queues --quiet --amqp-uri "$(amqp_uri "$vhost")" run >&2) \
+      || say "RabbitMQ vhost '${vhost:-/}' still has classic queues: stop the services, then make migrate-queues"
+  done
 }
 
 start_ferret() {
@@ -153,9 +231,14 @@ stop_s3() {
 stop_rabbit() {
   [ -z "${AMQP_URI:-}" ] || return 0
   rabbit_env
-  if amqp_answers "$(amqp_uri)"; then
-    rabbitmqctl -q -n "$RABBIT_NODE" stop >/dev/null 2>&1 && say "RabbitMQ stopped"
-  fi
+  local name port dist
+  # Every node at once and whether or not it answers AMQP: nodes stopped one after the other leave the last
+  # in a minority, where pause_minority closes its listeners but keeps it running.
+  while read -r name port dist; do
+    ( node_env "$name" "$port" "$dist"
+      if rabbitmqctl -q -n "$name" stop </dev/null >/dev/null 2>&1; then say "RabbitMQ $name stopped"; fi ) &
+  done < <(rabbit_nodes)
+  wait
 }
 
 stop_ferret() {
@@ -225,7 +308,11 @@ stop_keycloak() {
 
 status() {
   rabbit_env
-  if amqp_answers "$(amqp_uri)"; then echo "rabbitmq: up   $(amqp_uri)"; else echo "rabbitmq: DOWN $(amqp_uri)"; fi
+  local name port dist
+  while read -r name port dist; do
+    if amqp_answers "amqp://guest:guest@127.0.0.1:$port/"; then echo "rabbitmq: up   $name amqp://127.0.0.1:$port/"
+    else echo "rabbitmq: DOWN $name amqp://127.0.0.1:$port/"; fi
+  done < <(rabbit_nodes)
   if mongo_answers "$(mongo_uri)"; then echo "ferretdb: up   $(mongo_uri)"; else echo "ferretdb: DOWN $(mongo_uri)"; fi
   if realm_answers "$(keycloak_url)"; then echo "keycloak: up   $(keycloak_url)/realms/ipv"; else echo "keycloak: DOWN $(keycloak_url)"; fi
   if s3_answers "$(s3_uri)" || { [ -n "${S3_ENDPOINT_URL:-}" ] && s3_reachable "$S3_ENDPOINT_URL"; }; then
@@ -241,7 +328,7 @@ $( [ -z "${AMQP_URI:-}${MONGO_URI:-}" ] && echo "export IPV_LOCAL_STACK=1" )
 $( [ -z "${KEYCLOAK_URL:-}" ] && echo "export IPV_LOCAL_KEYCLOAK=1" )
 export AMQP_URI='$(amqp_uri)'
 export MONGO_URI='$(mongo_uri)'
-export TEST_AMQP_URI="${TEST_AMQP_URI:-$( [ -n "${AMQP_URI:-}" ] && echo "$AMQP_URI" || echo "amqp://guest:guest@127.0.0.1:$AMQP_PORT/\${IPV_TEST_VHOST:-ipv_test}")}"
+export TEST_AMQP_URI="${TEST_AMQP_URI:-$(amqp_uri '${IPV_TEST_VHOST:-ipv_test}')}"
 export KEYCLOAK_URL='$(keycloak_url)'
 export OIDC_ISSUER='$(keycloak_url)/realms/ipv'
 export OIDC_AUDIENCE=ipv-api

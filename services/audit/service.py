@@ -7,7 +7,7 @@ import logging
 from datetime import datetime
 
 from nameko.dependency_providers import Config
-from nameko.rpc import RpcProxy, rpc
+from nameko.rpc import RpcProxy
 from nameko.timer import timer
 from pymerkle import InvalidChallenge
 from werkzeug.wrappers import Response
@@ -19,7 +19,7 @@ from ipvkit.errors import ApiError, BadRequest, NotFound, RuleRefused, Unavailab
 from ipvkit.events import new_event
 from ipvkit.http import ServiceBase, api
 from ipvkit.realm_admin import Realm
-from ipvkit.rpc import ask as rpc_ask
+from ipvkit.rpc import ask as rpc_ask, rpc
 from services.audit import domain, identity, ledger, metrics, projector
 from services.audit import schemas as s
 from services.audit.keys import SigningKey

@@ -3,7 +3,7 @@ import logging
 from datetime import timedelta
 
 from nameko.dependency_providers import Config
-from nameko.rpc import rpc
+from ipvkit.rpc import rpc
 from nameko.timer import timer
 
 from ipvkit import contracts  # noqa: F401 - registers every event schema

@@ -1,4 +1,5 @@
-"""A private stack to break things in: its own RabbitMQ node and FerretDB (other ports, its own
+"""A private stack to break things in: its own RabbitMQ node (or cluster of three: `PrivateStack.start(nodes=3)`)
+and FerretDB (other ports, its own
 var dir, started by scripts/stack.sh), services as real `nameko run` processes, a tap queue on a
 producer's exchange, and helpers to kill -9 a service and restart either server. Nothing here
 touches the shared servers other tests use.
@@ -7,6 +8,7 @@ touches the shared servers other tests use.
     svc = ServiceProcess(stack, "enterprises").start()
     ...; svc.kill9(); svc.start(); stack.restart_rabbit(); stack.restart_ferret()
     stack.stop()
+    cluster = PrivateStack.start(nodes=3); cluster.kill9_node(cluster.busiest_leader()); cluster.start_rabbit()
 """
 import atexit
 import json
@@ -24,7 +26,7 @@ from pathlib import Path
 import requests
 from kombu import Connection, Queue
 
-from ipvkit.amqp import events_exchange
+from ipvkit.amqp import QUORUM, events_exchange
 from tests.issuer import LocalIssuer
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -34,7 +36,8 @@ PY = sys.executable
 # Keycloak (KEYCLOAK_URL) stays someone else's server to stack.sh, not one it would import a realm into
 # with the private var dir's (absent) admin password. The private stack runs its own S3 gateway.
 SHARED_VARS = ("AMQP_URI", "MONGO_URI", "TEST_AMQP_URI", "IPV_LOCAL_STACK", "IPV_VAR", "IPV_AMQP_PORT",
-               "IPV_RABBIT_DIST_PORT", "IPV_MONGO_PORT", "IPV_RABBIT_NODE", "IPV_LOCAL_KEYCLOAK", "IPV_LOCAL_S3",
+               "IPV_RABBIT_DIST_PORT", "IPV_MONGO_PORT", "IPV_RABBIT_NODE", "IPV_RABBIT_NODES", "IPV_AMQP_PORTS",
+               "IPV_RABBIT_DIST_PORTS", "IPV_LOCAL_KEYCLOAK", "IPV_LOCAL_S3",
                "IPV_S3_PORT", "S3_ENDPOINT_URL", "S3_ACCESS_KEY", "S3_SECRET_KEY", "IPV_S3_DATA_DIR")
 
 
@@ -58,7 +61,7 @@ def wait_until(what, check, timeout, interval=0.2):
 
 
 class PrivateStack:
-    def __init__(self):
+    def __init__(self, nodes=1):
         self.id = uuid.uuid4().hex[:8]
         self.var = ROOT / "var" / "faults" / self.id   # reachable by the rabbitmq user, unlike /tmp dirs
         self.amqp_port, self.dist_port, self.mongo_port, self.s3_port = free_port(), free_port(), free_port(), free_port()
@@ -70,17 +73,26 @@ class PrivateStack:
                         IPV_RABBIT_NODE=self.node, PATH=os.environ["PATH"] + ":/usr/sbin:/usr/lib/rabbitmq/bin")
         self.amqp_uri = f"amqp://guest:guest@127.0.0.1:{self.amqp_port}/"
         self.mongo_uri = f"mongodb://127.0.0.1:{self.mongo_port}/"
+        self.nodes = {self.node: self.amqp_port}
+        if nodes > 1:
+            # stack.sh's cluster: node i is ipvfault<id>-i@localhost on the i-th of these ports.
+            amqp, dist = [free_port() for _ in range(nodes)], [free_port() for _ in range(nodes)]
+            self.env.update(IPV_RABBIT_NODES=str(nodes), IPV_AMQP_PORTS=" ".join(map(str, amqp)),
+                            IPV_RABBIT_DIST_PORTS=" ".join(map(str, dist)))
+            self.nodes = {f"ipvfault{self.id}-{i + 1}@localhost": port for i, port in enumerate(amqp)}
+            # Every node, as services get it (kombu fails over to the next one).
+            self.amqp_uri = ";".join(f"amqp://guest:guest@127.0.0.1:{port}/" for port in amqp)
 
     @classmethod
-    def start(cls):
-        stack = cls()
+    def start(cls, nodes=1):
+        stack = cls(nodes)
         stack.var.mkdir(parents=True)
         stack._script("start")
         return stack
 
     def _script(self, command):
         done = subprocess.run(["bash", str(ROOT / "scripts" / "stack.sh"), command], env=self.env, cwd=ROOT,
-                              capture_output=True, text=True, timeout=120)
+                              capture_output=True, text=True, timeout=300)
         if done.returncode:
             raise RuntimeError(f"stack.sh {command} failed:\n{done.stdout}\n{done.stderr}")
 
@@ -105,6 +117,43 @@ class PrivateStack:
     def stop(self):
         self._script("stop")
         shutil.rmtree(self.var, ignore_errors=True)
+
+    # -- the cluster ------------------------------------------------------------------------------
+    def rabbitmqctl(self, *args, node=None, timeout=60):
+        """rabbitmqctl against `node`, or against the first node that answers."""
+        for name in [node] if node else self.nodes:
+            done = subprocess.run(["rabbitmqctl", "-q", "-n", name, *args], env=self.env, capture_output=True,
+                                  text=True, timeout=timeout)
+            if done.returncode == 0:
+                return done.stdout
+        raise RuntimeError(f"rabbitmqctl {' '.join(args)} failed on {node or list(self.nodes)}: {done.stderr}")
+
+    def leaders(self):
+        """{quorum queue: the node that leads it}."""
+        rows = json.loads(self.rabbitmqctl("list_queues", "-p", "/", "name", "leader", "--formatter", "json"))
+        return {row["name"]: row["leader"] for row in rows if row.get("leader") not in (None, "", "undefined")}
+
+    def busiest_leader(self, prefixes=("audit.", "vouchers.", "rpc-vouchers")):
+        """The node that leads most of the queues the money workload keeps busy."""
+        led = Counter(leader for name, leader in self.leaders().items() if name.startswith(prefixes))
+        assert led, f"no queue of {prefixes} has a leader: {self.leaders()}"
+        return led.most_common(1)[0][0]
+
+    def kill9_node(self, name):
+        """kill -9 the node's Erlang VM: no goodbye to its peers or its clients."""
+        pid = int(self.rabbitmqctl("eval", "os:getpid().", node=name).strip().strip('"'))
+        os.kill(pid, signal.SIGKILL)
+        wait_until(f"{name} gone", lambda: not _alive(pid), 10)
+        return pid
+
+    def start_rabbit(self):
+        """Starts the nodes that are down (and waits until all are running in one cluster)."""
+        self._script("start")
+
+    def stop_cluster(self):
+        """Every node stopped cleanly, one after the other, as a maintenance window does."""
+        for name in self.nodes:
+            self.rabbitmqctl("stop", node=name)
 
 
 def _alive(pid):
@@ -183,8 +232,9 @@ class Tap:
 
     def __init__(self, amqp_uri, producer, pattern="#"):
         self.amqp_uri = amqp_uri
+        # A quorum queue, like the services' own: on a cluster it outlives the node it was declared on.
         self.queue = Queue(f"faults.tap.{uuid.uuid4().hex[:8]}", exchange=events_exchange(producer),
-                           routing_key=pattern, durable=True)
+                           routing_key=pattern, durable=True, queue_arguments=dict(QUORUM))
         with Connection(amqp_uri) as conn:
             self.queue(conn.default_channel).declare()
 

@@ -56,8 +56,8 @@ class Money:
     """The module's stack: audit, a tap on vouchers.events, vouchers, an open programme, agencies
     and qualified enterprises (three slices, one per test)."""
 
-    def __init__(self):
-        self.stack = PrivateStack.start()
+    def __init__(self, nodes=1, per_client=PER_CLIENT):
+        self.stack = PrivateStack.start(nodes)
         # The audit queue and the tap exist before the vouchers service publishes anything.
         self.audit = ServiceProcess(self.stack, "audit",
                                     env={"AUDIT_SIGNING_KEY": str(self.stack.var / "audit_key.pem")}).start()
@@ -66,7 +66,7 @@ class Money:
         self.db = MongoClient(self.stack.mongo_uri)[self.vouchers.db]
         self.officer = {"Authorization": "Bearer " + self.vouchers.signer.token("officer", "faults")}
         self.slices = count()
-        self.enterprises = [[[credit_code() for _ in range(PER_CLIENT)] for _ in range(CLIENTS)] for _ in range(3)]
+        self.enterprises = [[[credit_code() for _ in range(per_client)] for _ in range(CLIENTS)] for _ in range(3)]
         today = date.today()
         _publish(self.stack.amqp_uri, "providers", [_event("provider.registered", "providers", agency, {
             "agency_id": agency, "name": "闽江专利代理事务所", "credit_code": credit_code(), "kind": "patent",

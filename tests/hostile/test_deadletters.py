@@ -139,3 +139,48 @@ def test_an_event_published_before_its_consumer_existed_is_kept_and_replayed_to_
         assert cli(amqp_uri, "replay", "ipv.unrouted", "--all")[0] == 0
         kept = [json.loads(m.body) for m in drain(amqp_uri, "ipv.unrouted")]
         assert [e["event_id"] for e in kept if e.get("type") == "newcomer.late_two"] == [orphan["event_id"]]
+
+
+def test_every_queue_a_service_declares_is_a_quorum_queue(start_service, amqp_uri):
+    from amqp.exceptions import PreconditionFailed
+    from ipvkit.amqp import consumer_queue_arguments, rpc_queue_arguments
+    start_service("vouchers")
+    wanted = dict(consumer_queue_arguments("vouchers.on_agency"), **{"rpc-vouchers": rpc_queue_arguments()})
+    with Connection(amqp_uri) as conn:
+        for name, arguments in wanted.items():
+            assert queue_depth(conn, name) is not None, f"{name} not declared"
+            channel = conn.channel()
+            # The same arguments but the type: a queue of another type by that name must be refused.
+            with pytest.raises(PreconditionFailed, match="inequivalent arg 'x-queue-type'"):
+                channel.queue_declare(name, durable=True, auto_delete=False,
+                                      arguments=dict(arguments, **{"x-queue-type": "classic"}))
+
+
+def test_a_message_that_keeps_coming_back_is_dead_lettered_by_the_broker_and_replays(amqp_uri):
+    """The work queue's delivery limit: a message handed out and returned DELIVERY_LIMIT + 1 times (each time
+    its consumer died holding it) goes to the DLQ, at least once, where ops see why and replay it."""
+    from ipvkit.amqp import DELIVERY_LIMIT, consumer_queues
+    name = f"test-limit-{credit_code()}"
+    work, retry, dead = consumer_queues(name, [(events_exchange("newcomer"), "newcomer.limit_tested")])
+    with Connection(amqp_uri) as conn:
+        for queue in (work, retry, dead):
+            queue(conn.default_channel).declare()
+        try:
+            publish_raw(amqp_uri, events_exchange("newcomer"), "newcomer.limit_tested", b'{"poison": 1}')
+            channel = conn.channel()
+            for n in range(DELIVERY_LIMIT + 1):
+                with eventlet.Timeout(10, AssertionError(f"delivery {n + 1} never came")):
+                    while (message := channel.basic_get(name, no_ack=False)) is None:
+                        eventlet.sleep(0.02)
+                channel.basic_reject(message.delivery_tag, requeue=True)
+            wait_depth(amqp_uri, name + ".dlq", 1)
+            assert queue_depth(conn, name) == 0
+            code, listing = cli(amqp_uri, "list", name)
+            assert code == 0 and "reason: broker: delivery_limit" in listing, listing
+            assert cli(amqp_uri, "replay", name, "--all") == (0, f"replayed 1 to {name}; 0 others left in the DLQ\n")
+            wait_depth(amqp_uri, name, 1)
+            again = channel.basic_get(name, no_ack=True)
+            assert again.body in ('{"poison": 1}', b'{"poison": 1}') and "x-death" not in again.properties["application_headers"]
+        finally:
+            for queue in (work, retry, dead):
+                conn.default_channel.queue_delete(queue.name)

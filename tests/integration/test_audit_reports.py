@@ -10,11 +10,11 @@ import eventlet
 import pytest
 import requests
 from kombu import Connection
-from nameko.rpc import rpc
 from openapi_spec_validator import validate as validate_openapi
 
 from ipvkit.amqp import consumer_queues, events_exchange
 from ipvkit.events import new_event
+from ipvkit.rpc import rpc   # the rpc-vouchers queue as the real service declares it (quorum)
 from services.audit.service import AuditService
 from tests.conftest import dumps, publish_raw
 

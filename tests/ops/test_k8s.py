@@ -184,7 +184,7 @@ def test_pods_are_hardened(docs):
     for workload, template in pod_specs(docs):
         spec = template["spec"]
         assert spec["securityContext"]["runAsNonRoot"] is True, workload["metadata"]["name"]
-        if workload["metadata"]["name"] != "prometheus":  # the only pod that calls the API (discovery)
+        if workload["metadata"]["name"] not in ("prometheus", "rabbitmq"):  # the pods that call the API (discovery)
             assert spec["automountServiceAccountToken"] is False, workload["metadata"]["name"]
         for container in spec.get("initContainers", []) + spec["containers"]:
             security, resources = container["securityContext"], container["resources"]
@@ -224,3 +224,49 @@ def test_prometheus_config_map_holds_the_tested_rules_and_a_valid_config(docs, t
     done = subprocess.run([shutil.which("promtool") or "/usr/bin/promtool", "check", "config",
                            str(tmp_path / "prometheus.yml")], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_rabbitmq_is_a_three_node_cluster_that_services_fail_over_across(docs):
+    if any(d["metadata"].get("namespace") != "ipv-dev" for d in docs if d["kind"] == "StatefulSet"):
+        (prod_like,) = [w for w, _ in pod_specs(docs) if w["metadata"]["name"] == "rabbitmq"]
+        assert "requiredDuringSchedulingIgnoredDuringExecution" in \
+            prod_like["spec"]["template"]["spec"]["affinity"]["podAntiAffinity"]
+    (rabbitmq,) = [w for w, _ in pod_specs(docs) if w["metadata"]["name"] == "rabbitmq"]
+    spec, labels = rabbitmq["spec"], rabbitmq["spec"]["template"]["metadata"]["labels"]
+    assert spec["replicas"] == 3 and spec["podManagementPolicy"] == "Parallel"
+    pod = spec["template"]["spec"]
+    apart = pod["affinity"]["podAntiAffinity"]
+    # Required in base and prod; dev (a small cluster, maybe one machine) only prefers it.
+    (term,) = apart.get("requiredDuringSchedulingIgnoredDuringExecution") or [
+        t["podAffinityTerm"] for t in apart["preferredDuringSchedulingIgnoredDuringExecution"]]
+    assert term["topologyKey"] == "kubernetes.io/hostname" and matches(term["labelSelector"]["matchLabels"], labels)
+    pdb = of_kind(docs, "PodDisruptionBudget")["rabbitmq"]["spec"]
+    assert pdb["maxUnavailable"] == 1 and matches(pdb["selector"]["matchLabels"], labels)
+
+    config = of_kind(docs, "ConfigMap")["rabbitmq-config"]["data"]
+    settings = dict(line.split(" = ", 1) for line in config["rabbitmq.conf"].splitlines()
+                    if line and not line.startswith("#"))
+    assert settings["cluster_formation.peer_discovery_backend"] == "rabbit_peer_discovery_k8s"
+    assert "rabbitmq_peer_discovery_k8s" in config["enabled_plugins"] and "rabbitmq_prometheus" in config["enabled_plugins"]
+    service = of_kind(docs, "Service")[settings["cluster_formation.k8s.service_name"]]
+    assert service["spec"]["publishNotReadyAddresses"] is True and service["spec"]["clusterIP"] == "None"
+    # The node names are the pods' DNS names under that Service, which is what the services connect to.
+    (container,) = pod["containers"]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert env["RABBITMQ_NODENAME"] == "rabbit@$(MY_POD_NAME)" + settings["cluster_formation.k8s.hostname_suffix"]
+    nodes = [f"rabbitmq-{i}{settings['cluster_formation.k8s.hostname_suffix']}:5672" for i in range(3)]
+    for name in SERVICES:
+        deployment = of_kind(docs, "Deployment")[name]["spec"]["template"]["spec"]
+        uri = {e["name"]: e.get("value") for c in deployment["containers"] for e in c.get("env", [])}.get("AMQP_URI")
+        if uri is not None:
+            assert [u.split("@")[1].rstrip("/") for u in uri.split(";")] == nodes, name
+
+    # Discovery may read the Service's Endpoints, with the ServiceAccount the pods run as, and nothing else.
+    role = of_kind(docs, "Role")["rabbitmq-peer-discovery"]
+    assert {"resources": ["endpoints"], "verbs": ["get"], "apiGroups": [""]} in role["rules"]
+    binding = of_kind(docs, "RoleBinding")["rabbitmq-peer-discovery"]
+    assert [(s["kind"], s["name"]) for s in binding["subjects"]] == [("ServiceAccount", pod["serviceAccountName"])]
+    # The nodes may reach each other (epmd, distribution) through the NetworkPolicy.
+    allowed = {(rule["from"][0]["podSelector"]["matchLabels"].get("app.kubernetes.io/name"), port["port"])
+               for rule in of_kind(docs, "NetworkPolicy")["rabbitmq"]["spec"]["ingress"] for port in rule["ports"]}
+    assert {("rabbitmq", 4369), ("rabbitmq", 25672)} <= allowed
