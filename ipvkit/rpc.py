@@ -4,8 +4,7 @@ import eventlet
 from amqp.exceptions import NotFound as QueueNotFound
 from kombu import Connection
 from nameko.exceptions import UnknownService
-from kombu import Queue
-from nameko.rpc import RPC_QUEUE_TEMPLATE, Rpc, RpcConsumer, get_rpc_exchange
+from nameko.rpc import RPC_QUEUE_TEMPLATE, Rpc, RpcConsumer
 
 from ipvkit.amqp import rpc_queue_arguments
 from ipvkit.errors import Unavailable
@@ -15,13 +14,8 @@ class QuorumRpcConsumer(RpcConsumer):
     """nameko's RPC consumer with its `rpc-<service>` queue declared as ipvkit.amqp says (quorum)."""
 
     def setup(self):
-        # RpcConsumer.setup as in nameko 2.14.1, but for the queue's arguments.
-        if self.queue is None:
-            name = self.container.service_name
-            self.queue = Queue(RPC_QUEUE_TEMPLATE.format(name), exchange=get_rpc_exchange(self.container.config),
-                               routing_key=f"{name}.*", durable=True, queue_arguments=rpc_queue_arguments())
-            self.queue_consumer.register_provider(self)
-            self._registered = True
+        super().setup()
+        self.queue.queue_arguments = rpc_queue_arguments()  # read when the queue consumer declares it
 
 
 class QuorumRpc(Rpc):

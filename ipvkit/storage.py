@@ -19,7 +19,7 @@ from datetime import datetime, timedelta, timezone
 from nameko.amqp.publish import Publisher
 from nameko.extensions import DependencyProvider
 from pymongo import ASCENDING, IndexModel, MongoClient, ReturnDocument, monitoring
-from pymongo.errors import PyMongoError
+from pymongo.errors import DuplicateKeyError, PyMongoError
 
 from ipvkit import metrics
 from ipvkit.amqp import UNROUTED_QUEUE, events_exchange
@@ -127,6 +127,18 @@ class Repo:
     def __init__(self, store):
         self.store = store
         self.db = store.db
+
+    def set_if_newer(self, collection, doc_id, version_field, version, fields):
+        """Sets `fields` and `version_field` on the document (made if missing) only if its stored
+        version is older than `version` or absent; False when a newer one is stored. For read models
+        and snapshots that late or repeated writers must not roll back."""
+        try:
+            self.db[collection].update_one(
+                {"_id": doc_id, "$or": [{version_field: {"$lt": version}}, {version_field: {"$exists": False}}]},
+                {"$set": dict(fields, **{version_field: version})}, upsert=True)
+            return True
+        except DuplicateKeyError:  # the document exists with a newer version: the upsert's insert collided
+            return False
 
     # -- writing aggregates with their events ------------------------------------------------
     def insert_aggregate(self, collection, doc, events, now):

@@ -80,12 +80,14 @@ node_env() {
     RABBITMQ_CONFIG_FILE=$NODE_DIR/rabbitmq RABBITMQ_ADVANCED_CONFIG_FILE=$NODE_DIR/advanced.config
 }
 
+node_uri() { echo "amqp://guest:guest@127.0.0.1:$1/${2:-}"; }  # node_uri PORT [VHOST]
+
 # The broker's URI for services: with a cluster, every node's, separated by ';' (kombu's alternates:
 # a client whose node dies fails over to the next one).
 amqp_uri() {
   [ -z "${AMQP_URI:-}" ] || { echo "$AMQP_URI"; return; }
   local vhost=${1:-} uris=() name port dist
-  while read -r name port dist; do uris+=("amqp://guest:guest@127.0.0.1:$port/$vhost"); done < <(rabbit_nodes)
+  while read -r name port dist; do uris+=("$(node_uri "$port" "$vhost")"); done < <(rabbit_nodes)
   (IFS=';'; echo "${uris[*]}")
 }
 
@@ -93,7 +95,7 @@ amqp_uri() {
 start_node() {
   (
     node_env "$@"
-    if amqp_answers "amqp://guest:guest@127.0.0.1:$2/"; then say "RabbitMQ $1 already running on 127.0.0.1:$2"; exit 0; fi
+    if amqp_answers "$(node_uri "$2")"; then say "RabbitMQ $1 already running on 127.0.0.1:$2"; exit 0; fi
     mkdir -p "$NODE_DIR/log" "$NODE_DIR/mnesia"
     echo '[].' >"$NODE_DIR/enabled_plugins"
     # Our own config file so /etc/rabbitmq is never read; loopback users need no change.
@@ -119,7 +121,7 @@ start_node() {
 
 wait_node() {
   ( node_env "$@"
-    wait_for "RabbitMQ $1" 180 amqp_answers "amqp://guest:guest@127.0.0.1:$2/" "$(cat "$NODE_DIR/wrapper.pid" 2>/dev/null || echo $$)" || {
+    wait_for "RabbitMQ $1" 180 amqp_answers "$(node_uri "$2")" "$(cat "$NODE_DIR/wrapper.pid" 2>/dev/null || echo $$)" || {
       tail -30 "$NODE_DIR/console.log" >&2
       die "RabbitMQ $1 did not answer on 127.0.0.1:$2 within 180 s; see $NODE_DIR/log. A port in use? try IPV_AMQP_PORT=..."; } )
 }
@@ -310,7 +312,7 @@ status() {
   rabbit_env
   local name port dist
   while read -r name port dist; do
-    if amqp_answers "amqp://guest:guest@127.0.0.1:$port/"; then echo "rabbitmq: up   $name amqp://127.0.0.1:$port/"
+    if amqp_answers "$(node_uri "$port")"; then echo "rabbitmq: up   $name amqp://127.0.0.1:$port/"
     else echo "rabbitmq: DOWN $name amqp://127.0.0.1:$port/"; fi
   done < <(rabbit_nodes)
   if mongo_answers "$(mongo_uri)"; then echo "ferretdb: up   $(mongo_uri)"; else echo "ferretdb: DOWN $(mongo_uri)"; fi

@@ -192,12 +192,7 @@ class VoucherRepo(Repo):
         figures seconds old instead of summing every voucher on each view (2 s at 10,000 vouchers on
         FerretDB). A recount older than the stored one (another pod's, finishing later) is dropped."""
         for balance in balances:
-            try:
-                self.db[FIGURES].update_one(
-                    {"_id": balance["programme_id"], "$or": [{"as_of": {"$lt": as_of}}, {"as_of": {"$exists": False}}]},
-                    {"$set": dict(balance, as_of=as_of)}, upsert=True)
-            except DuplicateKeyError:  # a newer recount is stored
-                pass
+            self.set_if_newer(FIGURES, balance["programme_id"], "as_of", as_of, balance)
 
     def recounted(self, programme_id):
         return self.db[FIGURES].find_one({"_id": programme_id}, {"_id": 0})
@@ -214,14 +209,7 @@ class VoucherRepo(Repo):
     def apply_agency(self, agency_id, group, sequence, fields_):
         """Sets one group of an agency's fields (profile, status, rating, blacklist) only if this
         event is newer than the last one applied to that group: late and repeated events are no-ops."""
-        seq = f"{group}_seq"
-        try:
-            self.db[AGENCIES].update_one(
-                {"_id": agency_id, "$or": [{seq: {"$lt": sequence}}, {seq: {"$exists": False}}]},
-                {"$set": dict(fields_, **{seq: sequence})}, upsert=True)
-            return True
-        except DuplicateKeyError:  # the document exists with a newer event for this group
-            return False
+        return self.set_if_newer(AGENCIES, agency_id, f"{group}_seq", sequence, fields_)
 
     def agency(self, agency_id):
         return self.db[AGENCIES].find_one({"_id": agency_id})
