@@ -35,6 +35,7 @@ admin:
 	@$(ENV) && $(PY) -W ignore scripts/keycloak.py admin "$(USER)" "$(ROLE)"
 
 test: stack
+	@bash scripts/stack.sh fresh-test-vhost
 	@$(ENV) && PYTHONWARNINGS=ignore::DeprecationWarning $(PY) -m pytest $(PYTEST_ARGS)
 	@# The portal's browser tests run in a process without eventlet (tests/conftest.py says why).
 	@if [ -z "$(PYTEST_ARGS)" ]; then $(ENV) && $(PY) -m pytest tests/portal; fi

@@ -357,9 +357,20 @@ ENV
   fi
 }
 
+# The tests' vhost is scratch: each `make test` starts on an empty one, so queues a test declared under
+# older code (a broker whose data outlives the checkout, as under /var/lib/rabbitmq) cannot refuse it.
+fresh_test_vhost() {
+  rabbit_env
+  rabbitmqctl -q -n "$(first_node)" delete_vhost "$TEST_VHOST" >/dev/null 2>&1 || true
+  rabbitmqctl -q -n "$(first_node)" add_vhost "$TEST_VHOST" >/dev/null \
+    && rabbitmqctl -q -n "$(first_node)" set_permissions -p "$TEST_VHOST" guest '.*' '.*' '.*' >/dev/null \
+    || die "could not recreate the test vhost $TEST_VHOST"
+}
+
 case "${1:-}" in
+  fresh-test-vhost) fresh_test_vhost ;;
   start) start_rabbit; start_ferret; start_keycloak; start_s3; write_env ;;
   stop) stop_rabbit; stop_ferret; stop_keycloak; stop_s3 ;;
   status) status ;;
-  *) echo "usage: $0 start|stop|status" >&2; exit 2 ;;
+  *) echo "usage: $0 start|stop|status|fresh-test-vhost" >&2; exit 2 ;;
 esac
