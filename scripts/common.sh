@@ -24,7 +24,10 @@ RABBIT_NODE=${IPV_RABBIT_NODE:-ipv@localhost}
 # IPV_RABBIT_NODES=3: a cluster of three nodes on loopback instead of one (the fault tests, `make bench`'s
 # quorum run). Node i is <name>-i@<host> on AMQP port AMQP_PORT+i-1 and distribution port
 # RABBIT_DIST_PORT+i-1, unless IPV_AMQP_PORTS / IPV_RABBIT_DIST_PORTS list them ("p1 p2 p3").
-RABBIT_NODES=${IPV_RABBIT_NODES:-1}
+# A started cluster is recorded in $RABBIT_NODES_FILE until `make stop`, so `make stop` (or `make run`)
+# without the variable still finds every node of it.
+RABBIT_NODES_FILE=$VAR/rabbitmq-nodes
+RABBIT_NODES=${IPV_RABBIT_NODES:-$(cat "$RABBIT_NODES_FILE" 2>/dev/null || echo 1)}
 
 # Keycloak (the identity provider): the Maven Central distribution, unpacked once into $CACHE; it needs
 # Java 21 or newer.

@@ -135,6 +135,7 @@ start_rabbit() {
   command -v rabbitmq-server >/dev/null || die "rabbitmq-server missing: run scripts/install.sh"
   local name port dist first
   first=$(rabbit_nodes | sed -n 1p)
+  mkdir -p "$VAR" && echo "$RABBIT_NODES" >"$RABBIT_NODES_FILE"
   # A new cluster is formed by its first node alone; the others then join it. Nodes that have data all
   # start at once: each waits for the peers it last saw running, so one at a time would wait for ever.
   if [ "$RABBIT_NODES" != 1 ] && [ ! -d "$RABBIT_DIR/${first%% *}/mnesia/${first%% *}" ]; then
@@ -244,6 +245,7 @@ stop_rabbit() {
       if rabbitmqctl -q -n "$name" stop </dev/null >/dev/null 2>&1; then say "RabbitMQ $name stopped"; fi ) &
   done < <(rabbit_nodes)
   wait
+  rm -f "$RABBIT_NODES_FILE"
 }
 
 stop_ferret() {
