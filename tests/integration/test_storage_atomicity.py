@@ -8,6 +8,7 @@ import uuid
 
 import pytest
 from pymongo import MongoClient, ReturnDocument
+from pymongo.errors import DuplicateKeyError
 
 pytestmark = pytest.mark.integration
 
@@ -32,7 +33,7 @@ def race(mongo_uri, db, write):
 def db(mongo_uri):
     name = f"test_{uuid.uuid4().hex[:12]}"
     yield name
-    MongoClient(mongo_uri).drop_database(name)
+    MongoClient(mongo_uri, socketTimeoutMS=60_000).drop_database(name)  # a stuck server fails, not hangs
 
 
 @pytest.mark.parametrize("trial", range(5))
@@ -103,3 +104,38 @@ def test_writers_of_different_documents_and_of_the_whole_collection_lose_nothing
     docs = list(coll.find())
     assert all(d["balance"] + 100 * d["taken"] == 1000 and d["sweeps"] == len(sweeps) for d in docs), docs
     assert sum(d["taken"] for d in docs) == wins
+
+
+def test_writers_of_one_database_in_several_collections_all_finish_with_what_they_reported(mongo_uri, db):
+    # The patch queues a database's writing transactions on one lock (fix 8). Inserts, updates, deletes
+    # and refused duplicate inserts run at once across three collections: each must finish (a refused
+    # write must let go of the lock) and leave exactly what it reported.
+    MongoClient(mongo_uri)[db].counters.insert_many([{"_id": f"c{n}", "n": 0} for n in range(WRITERS)])
+    MongoClient(mongo_uri)[db].other.insert_one({"_id": "shared", "n": 0})
+    done, barrier = {}, threading.Barrier(WRITERS)
+
+    def writer(n):
+        base = MongoClient(mongo_uri, socketTimeoutMS=60_000)[db]
+        barrier.wait()
+        kept = duplicates = 0
+        for i in range(ROUNDS):
+            base.log.insert_one({"_id": f"w{n}-{i}"})
+            try:
+                base.log.insert_one({"_id": f"w{n}-{i}"})
+            except DuplicateKeyError:
+                duplicates += 1
+            base.counters.update_one({"_id": f"c{n}"}, {"$inc": {"n": 1}})
+            if i % 2:
+                kept -= base.log.delete_one({"_id": f"w{n}-{i - 1}"}).deleted_count
+            kept += 1
+            base.other.update_one({"_id": "shared"}, {"$inc": {"n": 1}})
+        done[n] = (kept, duplicates)
+    threads = [threading.Thread(target=writer, args=(n,), daemon=True) for n in range(WRITERS)]
+    [t.start() for t in threads]
+    [t.join(timeout=120) for t in threads]
+    assert len(done) == WRITERS, f"{WRITERS - len(done)} writers still waiting after 120 s: a write lock was not released"
+    base = MongoClient(mongo_uri, socketTimeoutMS=60_000)[db]
+    assert base.log.count_documents({}) == sum(kept for kept, _ in done.values())
+    assert all(duplicates == ROUNDS for _, duplicates in done.values())
+    assert {c["_id"]: c["n"] for c in base.counters.find()} == {f"c{n}": ROUNDS for n in range(WRITERS)}
+    assert base.other.find_one({"_id": "shared"})["n"] == WRITERS * ROUNDS
