@@ -155,16 +155,13 @@ start_rabbit() {
   fi
   # Tests get their own vhost so they never meet the events of a `make run` stack; IPV_TEST_VHOST
   # gives two checkouts testing at once on one machine a vhost each, so they never share a queue.
-  rabbitmqctl -q -n "$(first_node)" add_vhost "$TEST_VHOST" >/dev/null 2>&1 || true
-  rabbitmqctl -q -n "$(first_node)" set_permissions -p "$TEST_VHOST" guest '.*' '.*' '.*' >/dev/null \
-    || die "could not grant guest access to vhost $TEST_VHOST"
+  test_vhost
   # A local broker that holds classic queues from before quorum queues (the services would be refused
   # on them) is moved now, unless a service still runs on it (then: make stop, make run).
   local vhost
-  for vhost in "" "$TEST_VHOST"; do
-    (cd "$ROOT" && "$PY" -W ignore -m ipvkit.migrate_queues --quiet --amqp-uri "$(amqp_uri "$vhost")" run >&2) \
-      || say "RabbitMQ vhost '${vhost:-/}' still has classic queues: stop the services, then make migrate-queues"
-  done
+  # (The test vhost needs no move: `make test` empties it, fresh_test_vhost.)
+  (cd "$ROOT" && "$PY" -W ignore -m ipvkit.migrate_queues --quiet --amqp-uri "$(amqp_uri)" run >&2) \
+    || say "RabbitMQ vhost '/' still has classic queues: stop the services, then make migrate-queues"
 }
 
 start_ferret() {
@@ -177,8 +174,8 @@ start_ferret() {
   mkdir -p "$FERRET_DIR/data" "$FERRET_DIR/state"
   say "starting FerretDB $FERRETDB_VERSION (SQLite) on 127.0.0.1:$MONGO_PORT"
   # GOGC=400: FerretDB decodes each document it reads or writes from JSON, and with Go's default (100) its
-  # collector took about a tenth of its CPU under the order load (pprof); a heap of ~60 MB may grow to
-  # ~250 MB instead, for 15 % more orders/s and a lower p99 (bench/README.md, "FerretDB's collector").
+  # collector took about a tenth of its CPU under the order load (pprof); with 400 its resident memory
+  # peaked at 79 MB in that load, for 15 % more orders/s and a lower p99 (bench/README.md, "FerretDB's collector").
   GOGC=${IPV_FERRETDB_GOGC:-400} setsid nohup "$FERRETDB_BIN" --handler=sqlite --sqlite-url="file:$FERRET_DIR/data/" \
     --listen-addr="127.0.0.1:$MONGO_PORT" --state-dir="$FERRET_DIR/state" --telemetry=disable \
     --debug-addr=- --log-level=WARN >"$FERRET_DIR/ferretdb.log" 2>&1 </dev/null &
@@ -367,9 +364,14 @@ ENV
 fresh_test_vhost() {
   rabbit_env
   rabbitmqctl -q -n "$(first_node)" delete_vhost "$TEST_VHOST" >/dev/null 2>&1 || true
-  rabbitmqctl -q -n "$(first_node)" add_vhost "$TEST_VHOST" >/dev/null \
-    && rabbitmqctl -q -n "$(first_node)" set_permissions -p "$TEST_VHOST" guest '.*' '.*' '.*' >/dev/null \
-    || die "could not recreate the test vhost $TEST_VHOST"
+  test_vhost
+}
+
+# test_vhost: the tests' vhost exists and guest may use it.
+test_vhost() {
+  rabbitmqctl -q -n "$(first_node)" add_vhost "$TEST_VHOST" >/dev/null 2>&1 || true
+  rabbitmqctl -q -n "$(first_node)" set_permissions -p "$TEST_VHOST" guest '.*' '.*' '.*' >/dev/null \
+    || die "could not grant guest access to vhost $TEST_VHOST"
 }
 
 case "${1:-}" in
