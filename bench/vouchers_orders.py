@@ -7,7 +7,12 @@ ceiling measured in the same run.
 The vouchers service runs as `nameko run` processes (`--instances`, HTTP spread over them) on a fresh
 vhost and database, its read models fed with qualification and agency events straight on the broker.
 Sustained: `--processes` x `--clients` keep-alive clients place orders (price 2,000 fen) round the
-`--vouchers` vouchers for `--seconds`; a voucher at its order limit leaves its client's round. Burst:
+`--vouchers` vouchers for `--seconds`; a voucher at its order limit leaves its client's round. That
+is a closed loop: each client waits for its answer, so the median is about clients / rate whatever
+the service does. `--rate R` is the open loop instead: orders are due at R a second in all, evenly
+spaced, each sent by the next free client and timed from when it was due, so a late start counts
+as waiting (no coordinated omission); the latency then is what a user arriving at that rate sees.
+Burst:
 `--burst` orders on one fresh voucher from `--burst-processes` processes, released at one instant,
 each big enough that the balance runs out after 10; then the voucher must hold exactly what the 201s
 say and the rest must be refused with a 409. Latency: each request's wall time on the client;
@@ -98,10 +103,15 @@ def order_body(voucher_id, price):
             "deliver_by": (date.today() + timedelta(days=60)).isoformat()}
 
 
-def sustained(process_no, clients, total, seconds, routes, signer, vouchers):
+def sustained(process_no, clients, total, seconds, routes, signer, vouchers, rate=0.0, processes=1):
     """One load process: each of its clients places orders round its own share of the vouchers
-    (`total` clients in all)."""
+    (`total` clients in all). With `rate` (orders/s over all `processes`), this process's orders
+    are due at rate / processes a second, offset so the processes interleave; a client takes the
+    next due time, waits for it, and the order's latency is measured from it."""
     samples, errors, lock, end = [], Counter(), threading.Lock(), time.monotonic() + seconds
+    interval = processes / rate if rate else 0.0
+    first = time.perf_counter() + process_no / processes * interval
+    due = (first + k * interval for k in range(10 ** 9))
 
     def one(n):
         ctx = Client(process_no * 100 + n, routes, signer)
@@ -110,6 +120,10 @@ def sustained(process_no, clients, total, seconds, routes, signer, vouchers):
         while time.monotonic() < end and mine:
             code, vid = mine[i % len(mine)]
             started = time.perf_counter()
+            if rate:
+                with lock:
+                    started = next(due)
+                time.sleep(max(0.0, started - time.perf_counter()))
             try:
                 r = ctx.call("POST", "/api/v1/orders", "enterprise", code, json=order_body(vid, 2_000))
                 status = r.status_code
@@ -150,6 +164,25 @@ def burst(process_no, share, at, routes, signer, code, voucher_id):
     return out
 
 
+def run_burst(args, routes, signer, officer, code, voucher_id):
+    """(exact, the line to print) for `--burst` orders on one voucher released at one instant."""
+    share = args.burst // args.burst_processes
+    at = time.time() + 3
+    shots = [x for part in fan_out(burst, args.burst_processes, share, at, routes, signer, code, voucher_id)
+             for x in part]
+    voucher = officer.call("GET", f"/api/v1/vouchers/{voucher_id}", "enterprise", code).json()
+    made = [sub for _, status, sub in shots if status == 201]
+    statuses = Counter(status for _, status, _ in shots)
+    exact = (voucher["held_fen"] == sum(made) and voucher["free_fen"] + voucher["held_fen"] == FACE
+             and set(statuses) <= {201, 409} and voucher["free_fen"] < BURST_PRICE // 2)
+    times = sorted(t for t, _, _ in shots)
+    return exact, (f"burst: {len(shots)} concurrent orders on one voucher from {args.burst_processes} processes: "
+                   f"{dict(sorted(statuses.items()))}; p50 {ms(times, 50):.0f} ms, p99 {ms(times, 99):.0f} ms, "
+                   f"max {times[-1] * 1000:.0f} ms; voucher free {voucher['free_fen']} + held {voucher['held_fen']} "
+                   f"= face {FACE}, held = sum of the 201s' subsidies ({sum(made)}): "
+                   + ("exact" if exact else "BROKEN"))
+
+
 def ms(ordered, p):
     return percentile(ordered, p) * 1000
 
@@ -159,6 +192,7 @@ def main(argv=None):
     parser.add_argument("--seconds", type=float, default=60)
     parser.add_argument("--processes", type=int, default=2)
     parser.add_argument("--clients", type=int, default=8)
+    parser.add_argument("--rate", type=float, default=0, help="open loop: orders due per second in all (0: closed loop)")
     parser.add_argument("--vouchers", type=int, default=0, help="default: enough for 150 orders/s at 20 a voucher")
     parser.add_argument("--burst", type=int, default=100)
     parser.add_argument("--burst-processes", type=int, default=4)
@@ -195,43 +229,34 @@ def main(argv=None):
         started = time.monotonic()
         vouchers = apply_all(officer, pid, [enterprise(n) for n in range(count + 1)])
         burst_code, burst_voucher = vouchers.pop()
+        loop = f"open loop, {args.rate:g} orders due a second" if args.rate else "closed loop"
         print(f"vouchers x{args.instances}; {len(vouchers)} vouchers issued in {time.monotonic() - started:.0f} s; "
-              f"load: {args.processes} processes x {args.clients} clients for {args.seconds:.0f} s", flush=True)
+              f"load: {args.processes} processes x {args.clients} clients for {args.seconds:.0f} s, {loop}", flush=True)
 
         before = db_counts(launched)
         results = fan_out(sustained, args.processes, args.clients, args.processes * args.clients, args.seconds,
-                          routes, signer, vouchers)
+                          routes, signer, vouchers, args.rate, args.processes)
         samples = sorted(x for s, _ in results for x in s)
         errors = sum((Counter(e) for _, e in results), Counter())
         per_order = diff(db_counts(launched), before)
 
-        share = args.burst // args.burst_processes
-        at = time.time() + 3
-        shots = [x for part in fan_out(burst, args.burst_processes, share, at, routes, signer, burst_code,
-                                       burst_voucher) for x in part]
-        voucher = officer.call("GET", f"/api/v1/vouchers/{burst_voucher}", "enterprise", burst_code).json()
-        made = [sub for _, status, sub in shots if status == 201]
-        statuses = Counter(status for _, status, _ in shots)
-        burst_ok = (voucher["held_fen"] == sum(made) and voucher["free_fen"] + voucher["held_fen"] == FACE
-                    and set(statuses) <= {201, 409} and voucher["free_fen"] < BURST_PRICE // 2)
+        burst_ok, burst_line = True, "burst: not run (--burst 0)"
+        if args.burst:
+            burst_ok, burst_line = run_burst(args, routes, signer, officer, burst_code, burst_voucher)
 
         rpc_after = echo_ceiling(args.processes, args.clients, amqp_uri, args.echo_seconds)
         rpc = sorted(rpc_before + rpc_after)
 
         rate, rpc_rate = len(samples) / args.seconds, len(rpc) / 2 / args.echo_seconds
-        print(f"orders: {len(samples)} in {args.seconds:.0f} s = {rate:.1f}/s, p50 {ms(samples, 50):.0f} ms, "
+        offered = f" (offered {args.rate:g}/s)" if args.rate else ""
+        print(f"orders: {len(samples)} in {args.seconds:.0f} s = {rate:.1f}/s{offered}, p50 {ms(samples, 50):.0f} ms, "
               f"p95 {ms(samples, 95):.0f} ms, p99 {ms(samples, 99):.0f} ms; not 201: {dict(errors) or 0}")
         print(f"echo RPC (ceiling, same run, mean of before {len(rpc_before) / args.echo_seconds:.0f}/s and after "
               f"{len(rpc_after) / args.echo_seconds:.0f}/s): {rpc_rate:.0f}/s, p99 {ms(rpc, 99):.0f} ms; "
               f"orders/s = {rate / rpc_rate:.2f} x echo RPC/s")
         print(f"database commands per order (vouchers):\n{'':<12}{COUNT_HEADER}\n{'vouchers':<12}"
               f"{count_cells(per_order, 'vouchers', max(len(samples), 1))}")
-        times = sorted(t for t, _, _ in shots)
-        print(f"burst: {len(shots)} concurrent orders on one voucher from {args.burst_processes} processes: "
-              f"{dict(sorted(statuses.items()))}; p50 {ms(times, 50):.0f} ms, p99 {ms(times, 99):.0f} ms, "
-              f"max {times[-1] * 1000:.0f} ms; voucher free {voucher['free_fen']} + held {voucher['held_fen']} "
-              f"= face {FACE}, held = sum of the 201s' subsidies ({sum(made)}): "
-              + ("exact" if burst_ok else "BROKEN"))
+        print(burst_line)
         return 0 if burst_ok else 1
     finally:
         for p in launched + ([echo] if echo else []):
