@@ -42,6 +42,11 @@ def _pinned(filter_):
     return isinstance(filter_, dict) and isinstance(filter_.get("_id"), str)
 
 
+def lease_free(now):
+    """The filter for a document no relay holds at `now`."""
+    return {"$or": [{"relay_until": None}, {"relay_until": {"$lt": now}}]}
+
+
 class CommandCounter(monitoring.CommandListener):
     """Counts every database command by collection, read or write, and `by_id` or `scan`: the
     benchmark divides these by the orders placed, and a hot path that scans shows up here."""
@@ -160,16 +165,22 @@ class Repo:
             raise ConcurrentChange(f"{collection}/{current['_id']} changed concurrently")
         return doc
 
-    def _write(self, collection, guard, update, events, now, read=None):
+    def _write(self, collection, guard, update, events, now, read=None, unread=False):
         """One guarded update with its events appended to the document's outbox; None when the
         guard no longer matches. Given the document as `read` and no relay holding it then, the
-        write also takes the relay lease (guarded on it), which saves the relay a round trip."""
+        write also takes the relay lease (guarded on it), which saves the relay a round trip.
+        `unread`: the caller wrote without reading the document, so the write takes the lease
+        only if no relay holds it, and does not match if one does."""
         update = {k: dict(v) for k, v in update.items() if v}
-        leased = events and read is not None and (read.get("relay_until") is None or read["relay_until"] < now)
+        leased = events and (unread or (read is not None and (read.get("relay_until") is None
+                                                              or read["relay_until"] < now)))
         if events:
             update.setdefault("$set", {})["outbox_due"] = now
             update.setdefault("$push", {})["outbox"] = {"$each": list(events)}
-        if leased:
+        if leased and unread:
+            guard = dict(guard, **{"$and": list(guard.get("$and", [])) + [lease_free(now)]})
+            update["$set"]["relay_until"] = now + LEASE
+        elif leased:
             guard = dict(guard, relay_until=read.get("relay_until"))
             update["$set"]["relay_until"] = now + LEASE
         doc = self.db[collection].find_one_and_update(guard, update, return_document=ReturnDocument.AFTER)
@@ -216,7 +227,7 @@ class Repo:
         found the lease taken and left them to this relay. `leased`: the document as the write that
         took the lease returned it."""
         coll, sent, doc = self.db[collection], 0, leased
-        free = {"$or": [{"relay_until": None}, {"relay_until": {"$lt": now}}]}
+        free = lease_free(now)
         guard = dict(free, _id=doc_id, outbox_due={"$lte": now})  # only the first turn waits for the due time
         while True:
             if doc is None:

@@ -340,6 +340,10 @@ class VouchersService(ServiceBase):
             raise BadRequest("invalid body", fields={"deliver_by": ["must not be in the past"]})
         agency = self.store.agency(body["agency_id"])
         order_id = order_id_for(body["voucher_id"], call.stable_hex(8))
+        max_orders = int(self.config.get("VOUCHER_MAX_ORDERS") or 20)
+        stored = self._place_unread(call, agency, order_id, max_orders)
+        if stored is not None:
+            return 201, order_view(stored, order_id)
         for _ in range(RETRIES):
             voucher = self._voucher(body["voucher_id"])
             if voucher["enterprise_id"] != call.principal.id:
@@ -353,7 +357,6 @@ class VouchersService(ServiceBase):
             domain.check_agency(agency, item, voucher["enterprise_id"], today)
             if voucher["free_fen"] == 0:
                 raise Conflict("the voucher has no free balance left", free_fen=0)
-            max_orders = int(self.config.get("VOUCHER_MAX_ORDERS") or 20)
             if voucher.get("order_count", len(voucher["orders"])) >= max_orders:
                 raise RuleRefused("voucher_order_limit", f"a voucher holds at most {max_orders} orders",
                                   max_orders=max_orders)
@@ -361,28 +364,57 @@ class VouchersService(ServiceBase):
                                            voucher["free_fen"])
             if amount == 0:
                 raise RuleRefused("subsidy_rounds_to_zero", "price x ratio is under one fen")
-            order = {"agency_id": body["agency_id"], "service_code": body["service_code"], "price_fen": body["price_fen"],
-                     "subsidy_fen": amount, "copay_fen": copay, "held_fen": amount,
-                     "deliver_by": body["deliver_by"].isoformat(), "placed_on": today.isoformat(), "state": "placed",
-                     "seq": 1, "claim": None}
-            data = {"programme_id": voucher["programme_id"], "voucher_id": voucher["_id"],
-                    "enterprise_id": voucher["enterprise_id"], "order_id": order_id, "agency_id": body["agency_id"],
-                    "service_code": body["service_code"], "price_fen": body["price_fen"], "subsidy_fen": amount,
-                    "copay_fen": copay, "redemption_model": voucher["redemption_model"],
-                    "deliver_by": order["deliver_by"]}
-            event = self._call_event(call, "order.placed", order_id, 1, data)
             # Balance-limited subsidies guard on the exact balance, so a concurrent release can't
             # leave this order with less than min(ratio, cap, balance at commit).
             balance = amount if amount == voucher["free_fen"] else {"$gte": amount}
-            stored = self._change_voucher(
-                voucher, {"status": "live", "valid_to": {"$gte": today.isoformat()}, "free_fen": balance,
-                          f"orders.{order_id}": {"$exists": False},
-                          "$or": [{"order_count": {"$lt": max_orders}}, {"order_count": {"$exists": False}}]},
-                [event], inc={"free_fen": -amount, "held_fen": amount, "order_count": 1},
-                set_={f"orders.{order_id}": order}, add={"agencies": body["agency_id"]})
+            stored = self._write_order(call, voucher, order_id, amount, copay, balance, max_orders)
             if stored is not None:
                 return 201, order_view(stored, order_id)
         raise Conflict("the voucher kept changing; try again")
+
+    def _place_unread(self, call, agency, order_id, max_orders):
+        """The common case in one write and no read: the voucher's fixed facts are known here, and
+        the guard holds every condition the read path checks (live, not expired, this order not yet
+        placed, under the order limit, the full subsidy free, no relay holding the outbox). None when
+        the facts are not known, a rule refuses or the guard does not match: the read path then
+        decides, with its exact answer (a replay's 201, the refusal), as it would have anyway."""
+        body, today = call.body, self.clock.today()
+        facts = self.store.voucher_facts(body["voucher_id"])
+        if facts is None or facts["enterprise_id"] != call.principal.id:
+            return None
+        try:
+            item = domain.catalogue_item(self.store.revision(facts["revision_id"])["catalogue"], body["service_code"])
+            domain.check_agency(agency, item, facts["enterprise_id"], today)
+        except RuleRefused:
+            return None
+        # The full subsidy: a balance short of it fails the guard, and the read path then gives what is left.
+        amount, copay = domain.subsidy(body["price_fen"], item["subsidy_ratio_bp"], item["item_cap_fen"],
+                                       item["item_cap_fen"])
+        if amount == 0:
+            return None
+        return self._write_order(call, facts, order_id, amount, copay, {"$gte": amount}, max_orders, unread=True)
+
+    def _write_order(self, call, voucher, order_id, amount, copay, balance, max_orders, unread=False):
+        """The order and its event in one guarded write of the voucher; None if the guard failed."""
+        body, today = call.body, self.clock.today()
+        order = {"agency_id": body["agency_id"], "service_code": body["service_code"], "price_fen": body["price_fen"],
+                 "subsidy_fen": amount, "copay_fen": copay, "held_fen": amount,
+                 "deliver_by": body["deliver_by"].isoformat(), "placed_on": today.isoformat(), "state": "placed",
+                 "seq": 1, "claim": None}
+        data = {"programme_id": voucher["programme_id"], "voucher_id": voucher["_id"],
+                "enterprise_id": voucher["enterprise_id"], "order_id": order_id, "agency_id": body["agency_id"],
+                "service_code": body["service_code"], "price_fen": body["price_fen"], "subsidy_fen": amount,
+                "copay_fen": copay, "redemption_model": voucher["redemption_model"],
+                "deliver_by": order["deliver_by"]}
+        event = self._call_event(call, "order.placed", order_id, 1, data)
+        under_limit = {"order_count": {"$lt": max_orders}}
+        if not unread:  # a voucher from before `order_count` was counted by the read (`len(orders)`)
+            under_limit = {"$or": [under_limit, {"order_count": {"$exists": False}}]}
+        return self._change_voucher(
+            voucher, dict(under_limit, status="live", valid_to={"$gte": today.isoformat()}, free_fen=balance,
+                          **{f"orders.{order_id}": {"$exists": False}}),
+            [event], inc={"free_fen": -amount, "held_fen": amount, "order_count": 1},
+            set_={f"orders.{order_id}": order}, add={"agencies": body["agency_id"]}, unread=unread)
 
     @api("GET", "/api/v1/orders", roles=EVERYONE, query=s.OrderQuery, response=s.OrderPage,
          summary="Orders: an enterprise sees its own, an agency those placed with it")
@@ -424,9 +456,10 @@ class VouchersService(ServiceBase):
                 return stored
         raise Conflict("the order kept changing; try again")
 
-    def _change_voucher(self, voucher, guard, events, inc=None, set_=None, add=None):
+    def _change_voucher(self, voucher, guard, events, inc=None, set_=None, add=None, unread=False):
         """A guarded write of `voucher` as read; the gauges move by what it moved (the timer reconciles them)."""
-        stored = self.store.change_voucher(voucher, guard, events, self.clock.now(), inc=inc, set_=set_, add=add)
+        stored = self.store.change_voucher(voucher, guard, events, self.clock.now(), inc=inc, set_=set_, add=add,
+                                           unread=unread)
         if stored is not None:
             metrics.moved(stored["programme_id"], inc or {}, ended=(set_ or {}).get("status") in ("expired", "revoked"))
         return stored

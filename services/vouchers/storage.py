@@ -23,6 +23,8 @@ PROGRAMMES, REVISIONS, VOUCHERS, CAPS = "programmes", "programme_revisions", "vo
 QUALIFICATIONS, AGENCIES, DOCUMENTS = "qualifications", "agencies", "documents"
 FIGURES = "programme_figures"
 SUMMED = ("face_value_fen", "free_fen", "held_fen", "paid_fen", "returned_fen")
+FIXED = ("_id", "programme_id", "enterprise_id", "revision_id", "redemption_model")  # set at issue, never changed
+FACTS_KEPT = 100_000
 
 
 def new_id(prefix, hex_=None):
@@ -119,7 +121,9 @@ class VoucherRepo(Repo):
 
     def insert_voucher(self, doc, event, now):
         try:
-            return self.insert_aggregate(VOUCHERS, doc, [event], now)
+            inserted = self.insert_aggregate(VOUCHERS, doc, [event], now)
+            self.store.remember(inserted)
+            return inserted
         except DuplicateKeyError:
             return self.voucher(doc["_id"])
 
@@ -137,15 +141,24 @@ class VoucherRepo(Repo):
 
     # -- vouchers, orders, claims --------------------------------------------------------------
     def voucher(self, voucher_id):
-        return self.db[VOUCHERS].find_one({"_id": voucher_id}, {"outbox": 0})
+        doc = self.db[VOUCHERS].find_one({"_id": voucher_id}, {"outbox": 0})
+        if doc is not None:
+            self.store.remember(doc)
+        return doc
 
-    def change_voucher(self, read, guard, events, now, inc=None, set_=None, unset=None, add=None):
-        """A guarded write of the voucher `read` (the document as read before planning it)."""
+    def voucher_facts(self, voucher_id):
+        """What never changes in a voucher (FIXED), if this process has seen it: an order can be
+        planned from it and written without reading the voucher first."""
+        return self.store.voucher_facts.get(voucher_id)
+
+    def change_voucher(self, read, guard, events, now, inc=None, set_=None, unset=None, add=None, unread=False):
+        """A guarded write of the voucher `read` (the document as read before planning it, or with
+        `unread` its FIXED facts only: the guard must then hold everything the plan assumed)."""
         voucher_id = read["_id"]
         update = {"$inc": inc or {}, "$set": set_ or {}, "$unset": unset or {}, "$addToSet": add or {}}
         if events and any(e["aggregate_id"] == voucher_id for e in events):
             update["$inc"]["seq"] = 1
-        return self._write(VOUCHERS, dict(guard, _id=voucher_id), update, events, now, read=read)
+        return self._write(VOUCHERS, dict(guard, _id=voucher_id), update, events, now, read=read, unread=unread)
 
     def vouchers(self, query, after=None, limit=50):
         query = dict(query)
@@ -249,3 +262,9 @@ class VoucherStore(MongoStore):
     def setup(self):
         super().setup()
         self.revisions = {}
+        self.voucher_facts = {}
+
+    def remember(self, voucher):
+        if len(self.voucher_facts) >= FACTS_KEPT:  # ~200 bytes each: a bound, not an LRU; refilled by reads
+            self.voucher_facts.clear()
+        self.voucher_facts[voucher["_id"]] = {k: voucher[k] for k in FIXED}
