@@ -10,6 +10,7 @@ from marshmallow import EXCLUDE, RAISE, Schema, ValidationError, fields, validat
 
 from ipvkit import strictjson
 from ipvkit.clock import utc_iso
+from ipvkit.schemas import schema_of
 from ipvkit.text import Text
 
 MAX_EVENT_BYTES = 256 * 1024  # far above any real event; a larger body is refused, not parsed
@@ -61,7 +62,7 @@ def new_event(*, type, producer, aggregate_id, sequence, data, actor, now,
               correlation_id=None, causation_id=None, version=1):
     """Builds a valid envelope; raises if `data` does not match the registered schema."""
     schema = _schema_for(type, version)
-    errors = schema(unknown=RAISE).validate(data)
+    errors = schema_of(schema, RAISE).validate(data)
     if errors:
         raise ValueError(f"{type} v{version} data invalid: {errors}")
     event_id = str(uuid.uuid4())
@@ -107,15 +108,15 @@ def parse(body):
     if not isinstance(body, dict):
         raise MalformedEvent("an event must be a JSON object")
     try:
-        envelope = EnvelopeSchema().load(body)
+        envelope = schema_of(EnvelopeSchema).load(body)
     except ValidationError as exc:
         raise MalformedEvent(f"bad envelope: {exc.messages}")
     schema = _schema_for(envelope["type"], envelope["version"])
     try:
-        data = schema(unknown=EXCLUDE).load(body["data"])
+        data = schema_of(schema, EXCLUDE).load(body["data"])
     except ValidationError as exc:
         raise MalformedEvent(f"bad {envelope['type']} v{envelope['version']} data: {exc.messages}")
     # Keep the wire form of the envelope (strings), with the data as loaded.
-    out = {k: body[k] for k in EnvelopeSchema().fields}
+    out = {k: body[k] for k in schema_of(EnvelopeSchema).fields}
     out["data"] = data
     return out

@@ -32,6 +32,7 @@ from ipvkit import logs, metrics, strictjson
 from ipvkit.auth import principal_from_header, require_role, verifier_for
 from ipvkit.clock import SystemClock
 from ipvkit.errors import ApiError, BadRequest, Conflict, PayloadTooLarge, RuleRefused, UnsupportedMediaType
+from ipvkit.schemas import schema_of
 from ipvkit.events import new_event
 from ipvkit.storage import IDEMPOTENCY, MongoStore
 from ipvkit.text import printable, text_problem
@@ -347,7 +348,7 @@ class ApiHandler(HttpRequestHandler):
         if schema is None:
             return {}
         try:
-            loaded = schema().load(data)
+            loaded = schema_of(schema).load(data)
         except ValidationError as exc:
             raise BadRequest(f"invalid {where}", fields=exc.messages)
         _refuse_huge_integers(loaded, where)
