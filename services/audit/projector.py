@@ -19,15 +19,18 @@ log = logging.getLogger(__name__)
 
 LEASE = timedelta(seconds=30)
 RUN_FOR = timedelta(seconds=5)
+KEEP_MARGIN = 2 * RUN_FOR  # a kept lease is used only while a whole run fits well inside what is left of it
 BATCH = 500
 SAVE_EVERY = 20
 
 
 def run(repo, now, thresholds):
-    """Applies every entry not yet applied (up to BATCH per lease). Returns how many it applied.
+    """Applies every entry not yet applied (up to BATCH per run). Returns how many it applied.
     Takes the lease only when there is work, and one run at a time per process: an append's nudge
     during a run is picked up by that run, which reads the head again before it stops."""
-    if repo.projector_position() >= repo.head()["size"] or not repo.store.projecting.acquire(blocking=False):
+    held = repo.held_position(now, KEEP_MARGIN)
+    position = held if held is not None else repo.projector_position()
+    if position >= repo.head()["size"] or not repo.store.projecting.acquire(blocking=False):
         return 0
     try:
         return _run(repo, now, thresholds)
@@ -36,10 +39,14 @@ def run(repo, now, thresholds):
 
 
 def _run(repo, now, thresholds):
-    """The cursor moves every SAVE_EVERY entries and when the run ends (with the lease's release):
-    a crash re-applies at most that many, which changes nothing. A run stops after RUN_FOR, well
-    inside its lease, so two pods never build at once and what it raises is dated close to now."""
-    position = repo.claim_projector(now, LEASE)
+    """The cursor moves every SAVE_EVERY entries and when the run ends: a crash re-applies at most
+    that many, which changes nothing. A run stops after RUN_FOR, well inside its lease, so two pods
+    never build at once and what it raises is dated close to now. The run ends by keeping the
+    lease (the same write as the cursor's), so while entries keep coming the next run in this
+    process claims nothing; idle for a lease, it lapses, and a stopping service lets it go."""
+    position = repo.held_position(now, KEEP_MARGIN)
+    if position is None:
+        position = repo.claim_projector(now, LEASE)
     if position is None:
         return 0
     started = time.monotonic()
@@ -59,7 +66,7 @@ def _run(repo, now, thresholds):
                 repo.advance_projector(saved, position)
                 saved = position
     finally:
-        repo.release_projector(now, saved, position)
+        repo.keep_projector(now, saved, position, LEASE)
     return applied
 
 

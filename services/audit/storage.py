@@ -12,14 +12,18 @@ What the rules remember (split orders, evidence reuse, claims at the cap, orders
 per key in documents that stop growing: a count and at most KEPT items (the first ones, or the most
 recent in a ring), because every write of a document on FerretDB costs as much as the document is big.
 """
+import logging
 import uuid
+from datetime import datetime, timezone
 
 from eventlet.semaphore import Semaphore
 from pymongo import ASCENDING, IndexModel, ReturnDocument
-from pymongo.errors import BulkWriteError, DuplicateKeyError
+from pymongo.errors import BulkWriteError, DuplicateKeyError, PyMongoError
 
 from ipvkit.storage import MongoStore, Repo
 from services.audit import ledger
+
+log = logging.getLogger(__name__)
 
 ENTRIES, META, CHECKPOINTS = "entries", "ledger_meta", "checkpoints"
 FACTS, ANOMALIES, IDENTITY_SEEN = "facts", "anomalies", "identity_seen"
@@ -28,6 +32,7 @@ PROGRAMMES, VOUCHERS, ORDERS, AGENCIES, ENTERPRISES = "programmes", "vouchers", 
 TALLIES = "tallies"
 SPLITS, EVIDENCE, CAP_CLAIMS, GROUPS = "split", "evidence", "cap", "group"
 HEAD, PROJECTOR = "head", "projector"
+LEASE_GONE = datetime(1970, 1, 1, tzinfo=timezone.utc)
 DIMENSIONS = ("programme", "region", "tier", "service_code", "agency", "month")
 KEPT = 20  # items a remembered key keeps: evidence enough for a flag, a document that stays small
 
@@ -215,17 +220,42 @@ class AuditRepo(Repo):
                 return None  # another pod holds the lease
         if before.get("owner") != store.projector_id or before["position"] != store.dims_position:
             store.dims.clear()
-        store.dims_position = before["position"]
+        store.dims_position, store.lease_until = before["position"], now + lease
         return before["position"]
+
+    def held_position(self, now, margin):
+        """The cursor's position if this process holds the lease for at least `margin` more (it
+        kept it after its last run), else None: the next run then needs no claim."""
+        store = self.store
+        if store.lease_until is not None and now + margin < store.lease_until:
+            return store.dims_position
+        return None
+
+    def keep_projector(self, now, position, to, lease):
+        """Moves the cursor from `position` to `to` and extends this process's lease, in one write:
+        while entries keep coming, each run needs no claim of its own. False, and the lease
+        forgotten, if the cursor is not where this process left it (another pod took over)."""
+        store = self.store
+        done = self.db[META].update_one({"_id": PROJECTOR, "position": position, "owner": store.projector_id},
+                                        {"$set": {"position": to, "lease_until": now + lease}})
+        if done.matched_count:
+            store.dims_position, store.lease_until = to, now + lease
+            return True
+        store.lease_until = None
+        store.dims.clear()
+        return False
 
     def advance_projector(self, position, to):
         self.db[META].update_one({"_id": PROJECTOR, "position": position}, {"$set": {"position": to}})
         self.store.dims_position = to
 
-    def release_projector(self, now, position, to):
-        """Moves the cursor from `position` to `to` and lets the lease go, in one write."""
-        self.db[META].update_one({"_id": PROJECTOR, "position": position}, {"$set": {"position": to, "lease_until": now}})
-        self.store.dims_position = to
+    def release_projector(self):
+        """Lets a kept lease go (the service is stopping), so another pod builds at once."""
+        store = self.store
+        if store.lease_until is not None:
+            self.db[META].update_one({"_id": PROJECTOR, "owner": store.projector_id},
+                                     {"$set": {"lease_until": LEASE_GONE}})
+            store.lease_until = None
 
     def projector_position(self):
         doc = self.db[META].find_one({"_id": PROJECTOR})
@@ -353,10 +383,20 @@ class AuditStore(MongoStore):
         self.projecting = Semaphore()
         self.projector_id = uuid.uuid4().hex
         self.dims, self.dims_position = {}, None   # dimensions read while this process held the cursor
+        self.lease_until = None        # until when this process holds the projector's lease, if it does
 
     def start(self):
         super().start()
         self.repo_class(self).repair_head()  # an entry a crash left uncounted is counted now
+
+    def stop(self):
+        try:
+            self.repo_class(self).release_projector()
+        except PyMongoError:
+            log.warning("the projector's lease was not let go; it lapses by itself")
+        super().stop()
+
+    kill = MongoStore.kill
 
     outbox_collections = (CHECKPOINTS, ANOMALIES)
     indexes = {
