@@ -13,6 +13,8 @@ the money path is built from (no multi-document transactions).
   number of pods share one database with no lock in the process.
 """
 import uuid
+from collections import Counter
+from contextlib import contextmanager
 
 from pymongo import ASCENDING, IndexModel, ReturnDocument
 from pymongo.errors import DuplicateKeyError
@@ -146,6 +148,9 @@ class VoucherRepo(Repo):
             self.store.remember(doc)
         return doc
 
+    def placing(self, voucher_id):
+        return self.store.placing(voucher_id)
+
     def voucher_facts(self, voucher_id):
         """What never changes in a voucher (FIXED), if this process has seen it: an order can be
         planned from it and written without reading the voucher first."""
@@ -263,6 +268,20 @@ class VoucherStore(MongoStore):
         super().setup()
         self.revisions = {}
         self.voucher_facts = {}
+        self.in_flight = Counter()      # orders being placed in this process, by voucher
+
+    @contextmanager
+    def placing(self, voucher_id):
+        """True when no other order on this voucher is being placed in this process. Contended, a
+        write without a read mostly finds the relay lease another order took, and then costs each
+        order a write more (100 at once on one voucher: p99 0.46 -> 1.1 s)."""
+        self.in_flight[voucher_id] += 1
+        try:
+            yield self.in_flight[voucher_id] == 1
+        finally:
+            self.in_flight[voucher_id] -= 1
+            if not self.in_flight[voucher_id]:
+                del self.in_flight[voucher_id]
 
     def remember(self, voucher):
         if len(self.voucher_facts) >= FACTS_KEPT:  # ~200 bytes each: a bound, not an LRU; refilled by reads
