@@ -6,7 +6,7 @@ from datetime import datetime, timedelta, timezone
 import pytest
 from cryptography.hazmat.primitives import serialization
 
-from ipvkit.auth import Principal, TokenVerifier, principal_from_header
+from ipvkit.auth import LEEWAY_SECONDS, Principal, TokenVerifier, principal_from_header
 from ipvkit.errors import Forbidden, Unauthorized, Unavailable
 from tests.issuer import CERTS_PATH, LocalIssuer, access_claims, forged, new_key, public_jwk, sign
 
@@ -54,6 +54,16 @@ def test_expired_and_not_yet_valid_tokens_are_refused(issuer, verifier):
     claims["nbf"] = datetime.now(timezone.utc) + timedelta(hours=1)
     with pytest.raises(Unauthorized, match="not yet valid"):
         principal_from_header(verifier, bearer(sign(key, kid, "RS256", claims)))
+
+
+def test_a_token_verified_before_is_still_refused_once_it_expires(issuer, verifier, monkeypatch):
+    token = issuer.token("officer", "o1")
+    assert principal_from_header(verifier, bearer(token)) == Principal("officer", "o1")
+    assert principal_from_header(verifier, bearer(token)) == Principal("officer", "o1")   # from memory
+    expires = verifier.claims(token)["exp"]
+    monkeypatch.setattr("ipvkit.auth.time.time", lambda: expires + LEEWAY_SECONDS + 1)
+    with pytest.raises(Unauthorized, match="expired"):
+        principal_from_header(verifier, bearer(token))
 
 
 def test_another_issuer_or_audience_is_refused(issuer, verifier):
