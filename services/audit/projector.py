@@ -51,6 +51,7 @@ def _run(repo, now, thresholds):
         return 0
     started = time.monotonic()
     applied, saved, ends = 0, position, started + RUN_FOR.total_seconds()
+    facts = []  # of the entries applied since the cursor last moved: inserted together, just before it moves
     try:
         size = repo.head()["size"]
         while applied < BATCH and time.monotonic() < ends:
@@ -59,24 +60,30 @@ def _run(repo, now, thresholds):
             entry = repo.entry(position)
             if entry is None:  # counted by the head but gone: verification names it; nothing to build from
                 break
-            apply(repo, entry, now + timedelta(seconds=time.monotonic() - started), thresholds)  # a flag's time
+            at = now + timedelta(seconds=time.monotonic() - started)  # a flag's time
+            facts += apply(repo, entry, at, thresholds)
             position += 1
             applied += 1
             if position - saved >= SAVE_EVERY:
+                repo.add_facts(facts)
+                facts = []
                 repo.advance_projector(saved, position)
                 saved = position
     finally:
+        repo.add_facts(facts)
         repo.keep_projector(now, saved, position, LEASE)
     return applied
 
 
 def apply(repo, entry, now, thresholds):
+    """Applies one entry's dimensions, tallies and flags, and returns its facts for the caller to
+    insert (with those of the entries around it, in one write)."""
     event = dict(entry["event"], _position=entry["position"])
     data, kind, position = event["data"], event["type"], entry["position"]
     programme = repo.dimension(PROGRAMMES, data["programme_id"]) if "programme_id" in data else {}
     voucher = repo.dimension(VOUCHERS, data["voucher_id"]) if "voucher_id" in data else {}
     order = repo.dimension(ORDERS, data["order_id"]) if "order_id" in data else {}
-    repo.add_facts(domain.facts_for(entry, programme, voucher, order))
+    facts = domain.facts_for(entry, programme, voucher, order)
 
     flags = []
     if kind in ("programme.created", "programme.changed"):
@@ -103,6 +110,7 @@ def apply(repo, entry, now, thresholds):
     for found in flags:
         if found is not None:
             raise_flag(repo, found, now)
+    return facts
 
 
 def _order_placed(repo, event, programme, thresholds):
