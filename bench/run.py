@@ -299,6 +299,33 @@ def audit_lag(launched):
     return int(entries), bound(0.5), bound(0.99), shares
 
 
+def cpu_seconds(launched):
+    """{part: CPU seconds used so far}, from /proc: each launched service (its instances summed),
+    every FerretDB and RabbitMQ (beam.smp) process on the machine, and this process's children
+    that have ended (the load processes, once their pool is joined)."""
+    import resource
+    tick, found = os.sysconf("SC_CLK_TCK"), defaultdict(float)
+
+    def used(pid):
+        with open(f"/proc/{pid}/stat") as stat:
+            fields = stat.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / tick   # utime + stime
+    for p in launched:
+        found[p.name.rstrip("0123456789")] += used(p.proc.pid)
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/comm") as comm:   # at most 15 characters: ferretdb-v1.24.
+                command = comm.read().strip()
+            name = "FerretDB" if command.startswith("ferretdb") else "RabbitMQ" if command == "beam.smp" else None
+            if name:
+                found[name] += used(pid)
+        except OSError:   # ended meanwhile
+            continue
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    found["load generator"] = children.ru_utime + children.ru_stime
+    return found
+
+
 def db_counts(launched):
     """{(service, kind, access): database commands so far} summed over every instance, from the
     services' own `ipv_db_commands_total` (kind read/write, access by_id/scan)."""

@@ -29,8 +29,8 @@ from datetime import date, timedelta
 
 import requests
 
-from bench.run import (COUNT_HEADER, OUT, Client, count_cells, db_counts, diff, echo_ceiling, fan_out, fresh_vhost,
-                       percentile, start_echo, start_services)
+from bench.run import (COUNT_HEADER, OUT, Client, count_cells, cpu_seconds, db_counts, diff, echo_ceiling, fan_out,
+                       fresh_vhost, percentile, start_echo, start_services)
 
 FACE, BURST_PRICE = 2_000_000, 400_000   # 50 % subsidy: 200,000 fen an order, 10 of them empty the voucher
 
@@ -233,9 +233,11 @@ def main(argv=None):
         print(f"vouchers x{args.instances}; {len(vouchers)} vouchers issued in {time.monotonic() - started:.0f} s; "
               f"load: {args.processes} processes x {args.clients} clients for {args.seconds:.0f} s, {loop}", flush=True)
 
-        before = db_counts(launched)
+        before, cpu_before, wall = db_counts(launched), cpu_seconds(launched), time.monotonic()
         results = fan_out(sustained, args.processes, args.clients, args.processes * args.clients, args.seconds,
                           routes, signer, vouchers, args.rate, args.processes)
+        cpu = diff(cpu_seconds(launched), cpu_before)
+        wall = time.monotonic() - wall
         samples = sorted(x for s, _ in results for x in s)
         errors = sum((Counter(e) for _, e in results), Counter())
         per_order = diff(db_counts(launched), before)
@@ -254,6 +256,11 @@ def main(argv=None):
         print(f"echo RPC (ceiling, same run, mean of before {len(rpc_before) / args.echo_seconds:.0f}/s and after "
               f"{len(rpc_after) / args.echo_seconds:.0f}/s): {rpc_rate:.0f}/s, p99 {ms(rpc, 99):.0f} ms; "
               f"orders/s = {rate / rpc_rate:.2f} x echo RPC/s")
+        placed = max(len(samples), 1)
+        print(f"CPU per order while placing ({wall:.0f} s, from /proc; every FerretDB and RabbitMQ on the machine): "
+              + ", ".join(f"{part} {seconds / placed * 1000:.1f} ms" for part, seconds in
+                          sorted(cpu.items(), key=lambda kv: -kv[1]))
+              + f"; {sum(cpu.values()) / wall:.2f} of {os.cpu_count()} cores busy")
         print(f"database commands per order (vouchers):\n{'':<12}{COUNT_HEADER}\n{'vouchers':<12}"
               f"{count_cells(per_order, 'vouchers', max(len(samples), 1))}")
         print(burst_line)
