@@ -67,7 +67,7 @@ def _run(repo, now, thresholds):
             if position - saved >= SAVE_EVERY:
                 repo.add_facts(facts)
                 facts = []
-                repo.advance_projector(saved, position)
+                repo.keep_projector(now, saved, position, LEASE)
                 saved = position
     finally:
         repo.add_facts(facts)

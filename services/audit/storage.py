@@ -245,10 +245,6 @@ class AuditRepo(Repo):
         store.dims.clear()
         return False
 
-    def advance_projector(self, position, to):
-        self.db[META].update_one({"_id": PROJECTOR, "position": position}, {"$set": {"position": to}})
-        self.store.dims_position = to
-
     def release_projector(self):
         """Lets a kept lease go (the service is stopping), so another pod builds at once."""
         store = self.store

@@ -345,33 +345,39 @@ class VouchersService(ServiceBase):
             stored = self._place_unread(call, agency, order_id, max_orders) if alone else None
             if stored is not None:
                 return 201, order_view(stored, order_id)
-            for _ in range(RETRIES):
-                voucher = self._voucher(body["voucher_id"])
-                if voucher["enterprise_id"] != call.principal.id:
-                    raise Forbidden("this voucher belongs to another enterprise")
-                if order_id in voucher["orders"]:  # an earlier run of this request placed it, then crashed
-                    return 201, order_view(voucher, order_id)
-                if voucher["status"] != "live" or voucher["valid_to"] < today.isoformat():
-                    raise IllegalTransition("voucher", "expired" if voucher["status"] == "live" else voucher["status"],
-                                            "order from")
-                item = domain.catalogue_item(self.store.revision(voucher["revision_id"])["catalogue"], body["service_code"])
-                domain.check_agency(agency, item, voucher["enterprise_id"], today)
-                if voucher["free_fen"] == 0:
-                    raise Conflict("the voucher has no free balance left", free_fen=0)
-                if voucher.get("order_count", len(voucher["orders"])) >= max_orders:
-                    raise RuleRefused("voucher_order_limit", f"a voucher holds at most {max_orders} orders",
-                                      max_orders=max_orders)
-                amount, copay = domain.subsidy(body["price_fen"], item["subsidy_ratio_bp"], item["item_cap_fen"],
-                                               voucher["free_fen"])
-                if amount == 0:
-                    raise RuleRefused("subsidy_rounds_to_zero", "price x ratio is under one fen")
-                # Balance-limited subsidies guard on the exact balance, so a concurrent release can't
-                # leave this order with less than min(ratio, cap, balance at commit).
-                balance = amount if amount == voucher["free_fen"] else {"$gte": amount}
-                stored = self._write_order(call, voucher, order_id, amount, copay, balance, max_orders)
-                if stored is not None:
-                    return 201, order_view(stored, order_id)
-            raise Conflict("the voucher kept changing; try again")
+            return self._place_read(call, agency, order_id, max_orders)
+
+    def _place_read(self, call, agency, order_id, max_orders):
+        """Reads the voucher, checks each rule in turn for its exact answer, and writes the order
+        guarded on what it read; a lost race reads again."""
+        body, today = call.body, self.clock.today()
+        for _ in range(RETRIES):
+            voucher = self._voucher(body["voucher_id"])
+            if voucher["enterprise_id"] != call.principal.id:
+                raise Forbidden("this voucher belongs to another enterprise")
+            if order_id in voucher["orders"]:  # an earlier run of this request placed it, then crashed
+                return 201, order_view(voucher, order_id)
+            if voucher["status"] != "live" or voucher["valid_to"] < today.isoformat():
+                raise IllegalTransition("voucher", "expired" if voucher["status"] == "live" else voucher["status"],
+                                        "order from")
+            item = domain.catalogue_item(self.store.revision(voucher["revision_id"])["catalogue"], body["service_code"])
+            domain.check_agency(agency, item, voucher["enterprise_id"], today)
+            if voucher["free_fen"] == 0:
+                raise Conflict("the voucher has no free balance left", free_fen=0)
+            if voucher.get("order_count", len(voucher["orders"])) >= max_orders:
+                raise RuleRefused("voucher_order_limit", f"a voucher holds at most {max_orders} orders",
+                                  max_orders=max_orders)
+            amount, copay = domain.subsidy(body["price_fen"], item["subsidy_ratio_bp"], item["item_cap_fen"],
+                                           voucher["free_fen"])
+            if amount == 0:
+                raise RuleRefused("subsidy_rounds_to_zero", "price x ratio is under one fen")
+            # Balance-limited subsidies guard on the exact balance, so a concurrent release can't
+            # leave this order with less than min(ratio, cap, balance at commit).
+            balance = amount if amount == voucher["free_fen"] else {"$gte": amount}
+            stored = self._write_order(call, voucher, order_id, amount, copay, balance, max_orders)
+            if stored is not None:
+                return 201, order_view(stored, order_id)
+        raise Conflict("the voucher kept changing; try again")
 
     def _place_unread(self, call, agency, order_id, max_orders):
         """The common case in one write and no read: the voucher's fixed facts are known here, and
