@@ -73,12 +73,21 @@ def test_poison_is_dead_lettered_with_its_reason_and_the_consumer_keeps_going(
         handled.append((worker_ctx.args[0]["event_id"], exc_info))
         return worker_ctx.args[0]["event_id"] == event["event_id"]
 
-    with entrypoint_waiter(container, method, callback=valid_one_done, timeout=15):
+    # Generous: a loaded machine makes this slower, not red. A timeout says what had arrived by then.
+    try:
+        with entrypoint_waiter(container, method, callback=valid_one_done, timeout=120):
+            with Connection(amqp_uri) as conn:
+                producer = conn.Producer()
+                for _, body in cases + [("valid", json.dumps(event).encode())]:
+                    producer.publish(body, exchange="", routing_key=queue, content_type="application/json",
+                                     content_encoding="utf-8")
+    except entrypoint_waiter.Timeout:
         with Connection(amqp_uri) as conn:
-            producer = conn.Producer()
-            for _, body in cases + [("valid", json.dumps(event).encode())]:
-                producer.publish(body, exchange="", routing_key=queue, content_type="application/json",
-                                 content_encoding="utf-8")
+            channel = conn.channel()
+            _, ready, consumers = channel.queue_declare(queue, passive=True)
+            channel.close()
+        raise AssertionError(f"the valid event was not handled: handled {handled}; {queue} holds {ready} "
+                             f"ready with {consumers} consumers") from None
 
     # No handler saw a poison: each carries the valid event's id or none. Other events may come by (the
     # seed's own, published at least once), so the valid one is looked for, not assumed alone.
