@@ -158,7 +158,6 @@ start_rabbit() {
   test_vhost
   # A local broker that holds classic queues from before quorum queues (the services would be refused
   # on them) is moved now, unless a service still runs on it (then: make stop, make run).
-  local vhost
   # (The test vhost needs no move: `make test` empties it, fresh_test_vhost.)
   (cd "$ROOT" && "$PY" -W ignore -m ipvkit.migrate_queues --quiet --amqp-uri "$(amqp_uri)" run >&2) \
     || say "RabbitMQ vhost '/' still has classic queues: stop the services, then make migrate-queues"
