@@ -9,7 +9,8 @@ from flask_wtf import FlaskForm
 RULES = {
     "application_window": _l("This programme is not taking applications today."),
     "tier_not_held": _l("Your enterprise holds no qualification that this programme funds, valid today. "
-                        "Ask the programme office to record your certificate first."),
+                        "Ask the programme office to record your certificate first; if it was recorded "
+                        "a moment ago, try again in a minute."),
     "budget_exhausted": _l("The programme's budget is used up: no more vouchers can be issued."),
     "annual_cap": _l("Your enterprise has reached this programme's limit for the year."),
     "not_in_catalogue": _l("This service is not in the programme's catalogue."),

@@ -94,8 +94,10 @@ def choose_tier(programme_tiers, qualifications, today, wanted=None):
         eligible = [t for t in eligible if t["tier"] == wanted]
     if not eligible:
         tiers = ", ".join(t["tier"] for t in programme_tiers)
+        # The qualifications here arrive by event from enterprises: one granted seconds ago may not yet.
         raise RuleRefused("tier_not_held", f"no qualification valid on {today} for "
-                          + (wanted if wanted else f"any eligible tier ({tiers})"))
+                          + (wanted if wanted else f"any eligible tier ({tiers})")
+                          + "; one recorded in the last moments may not have reached this service yet")
     return max(eligible, key=lambda t: (t["face_value_fen"], t["tier"]))
 
 
