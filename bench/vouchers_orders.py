@@ -27,10 +27,8 @@ import time
 from collections import Counter, defaultdict
 from datetime import date, timedelta
 
-import requests
-
-from bench.run import (COUNT_HEADER, OUT, Client, count_cells, cpu_seconds, db_counts, diff, echo_ceiling, fan_out,
-                       fresh_vhost, percentile, start_echo, start_services)
+from bench.run import (CALL_ERRORS, COUNT_HEADER, OUT, Client, count_cells, cpu_seconds, db_counts, diff, echo_ceiling,
+                       fan_out, fresh_vhost, percentile, start_echo, start_services)
 
 FACE, BURST_PRICE = 2_000_000, 400_000   # 50 % subsidy: 200,000 fen an order, 10 of them empty the voucher
 
@@ -127,7 +125,7 @@ def sustained(process_no, clients, total, seconds, routes, signer, vouchers, rat
             try:
                 r = ctx.call("POST", "/api/v1/orders", "enterprise", code, json=order_body(vid, 2_000))
                 status = r.status_code
-            except requests.RequestException as exc:
+            except CALL_ERRORS as exc:
                 status = type(exc).__name__
             took = time.perf_counter() - started
             with lock:
