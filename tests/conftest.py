@@ -178,7 +178,7 @@ class EventTap:
                            routing_key=pattern, exclusive=True, auto_delete=True)
         self.queue(self.conn.default_channel).declare()
 
-    def next(self, timeout=10):
+    def next(self, timeout=60):
         deadline = eventlet.Timeout(timeout, AssertionError("no event arrived within %ss" % timeout))
         try:
             while True:

@@ -78,7 +78,7 @@ def test_a_crash_between_the_entry_and_the_head_is_repaired(audit, amqp_uri, mon
     ev = Events(amqp_uri)
     enterprises(ev, 1)
     db = MongoClient(mongo_uri)[api.config["MONGO_DB"]]
-    with eventlet.Timeout(10):
+    with eventlet.Timeout(60):
         while db.entries.count_documents({}) == 0:
             eventlet.sleep(0.1)
     assert api.get("/api/v1/audit/head").json()["size"] == 0          # inserted but not counted

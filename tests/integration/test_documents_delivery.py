@@ -23,7 +23,7 @@ from tests.integration.test_vouchers_api import ENT, EVIDENCE, NOW, vapi  # noqa
 pytestmark = pytest.mark.integration
 
 
-def wait_until(what, check, timeout=15):
+def wait_until(what, check, timeout=60):
     with eventlet.Timeout(timeout, AssertionError(f"{what}: not within {timeout}s")):
         while not check():
             eventlet.sleep(0.1)

@@ -59,7 +59,7 @@ def client(config, token):
     return call
 
 
-def wait_for(probe, timeout=10):
+def wait_for(probe, timeout=60):
     with eventlet.Timeout(timeout, AssertionError(f"not reached within {timeout}s")):
         while not (result := probe()):
             eventlet.sleep(0.1)

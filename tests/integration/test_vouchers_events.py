@@ -26,7 +26,7 @@ def send(amqp_uri, *events):
 
 def wait_for(config, mongo_uri, collection, doc_id, check):
     db = MongoClient(mongo_uri)[config["MONGO_DB"]]
-    with eventlet.Timeout(10):
+    with eventlet.Timeout(60):
         while not check(db[collection].find_one({"_id": doc_id}) or {}):
             eventlet.sleep(0.05)
 
@@ -82,7 +82,7 @@ def test_malformed_provider_events_are_dead_lettered_and_the_consumer_goes_on(va
     with Connection(amqp_uri) as conn:
         queue = dead(conn.default_channel)
         reasons = []
-        with eventlet.Timeout(5):
+        with eventlet.Timeout(60):
             while len(reasons) < 2:
                 message = queue.get(no_ack=True)
                 if message is None:

@@ -97,7 +97,7 @@ def test_request_and_event_logs_carry_their_correlation_id_and_no_secret(
                       actor={"role": "officer", "id": "o1"}, now=datetime.now(timezone.utc), correlation_id="flow-42",
                       data={"enterprise_id": CODE, "name": "n", "region": "350102", "industry": "C34", "size": "small"})
     publish_raw(amqp_uri, events_exchange("enterprises"), "enterprise.registered", dumps(event))
-    with eventlet.Timeout(10):
+    with eventlet.Timeout(60):
         while not any(line["message"] == f"saw {event['event_id']}" for line in lines()):
             eventlet.sleep(0.05)
 

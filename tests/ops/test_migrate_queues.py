@@ -94,7 +94,7 @@ def test_classic_queues_move_to_quorum_with_every_message_in_order(amqp_uri, scr
         assert queue_depth(conn, name + MIGRATING) is None
 
         publish_raw(amqp_uri, exchange, key, b'{"n": 200}')          # still bound
-        with eventlet.Timeout(10):
+        with eventlet.Timeout(60):
             while queue_depth(conn, name) < 201:
                 eventlet.sleep(0.05)
         assert [body for body, _ in get_all(conn, name)] == [f'{{"n": {n}}}'.encode() for n in range(201)]
