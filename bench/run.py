@@ -15,7 +15,6 @@ sample. Client processes share the 2 cores with the services, as they would on o
 """
 import argparse
 import json
-from json import dumps
 import os
 import random
 import signal
@@ -25,6 +24,7 @@ import sys
 import threading
 import time
 from collections import defaultdict
+from json import dumps  # Client.call's `json` argument hides the module there
 from multiprocessing import get_context
 from pathlib import Path
 from urllib.parse import urlsplit

@@ -260,7 +260,7 @@ def main(argv=None):
                           sorted(cpu.items(), key=lambda kv: -kv[1]))
               + f"; {sum(cpu.values()) / wall:.2f} of {os.cpu_count()} cores busy")
         print(f"database commands per order (vouchers):\n{'':<12}{COUNT_HEADER}\n{'vouchers':<12}"
-              f"{count_cells(per_order, 'vouchers', max(len(samples), 1))}")
+              f"{count_cells(per_order, 'vouchers', placed)}")
         print(burst_line)
         return 0 if burst_ok else 1
     finally:

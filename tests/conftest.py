@@ -30,6 +30,7 @@ urllib3.util.ssl_.SSLContext = ssl.SSLContext
 
 import json  # noqa: E402
 import socket  # noqa: E402
+import time  # noqa: E402
 import uuid  # noqa: E402
 
 import pytest  # noqa: E402
@@ -40,6 +41,22 @@ from ipvkit import contracts  # noqa: E402,F401
 from ipvkit.amqp import events_exchange  # noqa: E402
 from ipvkit.events import parse  # noqa: E402
 from tests.issuer import LocalIssuer  # noqa: E402
+
+
+# How long a test waits for something asynchronous (an event, a queue depth, a read model): generous,
+# so that a loaded machine makes the suite slower, not red. Every wait returns the moment it holds.
+ASYNC_WAIT = 60
+
+
+def eventually(what, check, timeout=ASYNC_WAIT, interval=0.1):
+    """check()'s first truthy result, asked again every `interval` s; AssertionError naming `what`
+    after `timeout` s."""
+    deadline = time.monotonic() + timeout
+    while not (result := check()):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what}: not within {timeout} s")
+        time.sleep(interval)
+    return result
 
 
 def free_port():
@@ -178,18 +195,11 @@ class EventTap:
                            routing_key=pattern, exclusive=True, auto_delete=True)
         self.queue(self.conn.default_channel).declare()
 
-    def next(self, timeout=60):
-        deadline = eventlet.Timeout(timeout, AssertionError("no event arrived within %ss" % timeout))
-        try:
-            while True:
-                message = self.queue(self.conn.default_channel).get(no_ack=True)
-                if message is not None:
-                    return parse(message.body)
-                eventlet.sleep(0.05)
-        finally:
-            deadline.cancel()
+    def next(self, timeout=ASYNC_WAIT):
+        message = eventually("an event", lambda: self.queue(self.conn.default_channel).get(no_ack=True), timeout, 0.05)
+        return parse(message.body)
 
-    def take(self, count, timeout=60, quiet=0.5):
+    def take(self, count, timeout=ASYNC_WAIT, quiet=0.5):
         """The next `count` events however long a slow machine takes to publish them (failing only
         after `timeout`), then whatever else arrives within `quiet` seconds, so one too many shows."""
         got, end = [], eventlet.hubs.get_hub().clock() + timeout

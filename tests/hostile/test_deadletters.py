@@ -3,14 +3,13 @@ import io
 import json
 from datetime import datetime, timezone
 
-import eventlet
 import pytest
 from kombu import Connection, Queue
 
 from ipvkit.amqp import UNROUTED_QUEUE, events_exchange
 from ipvkit.deadletters import main, queue_depth
 from ipvkit.events import new_event
-from tests.conftest import dumps, publish_raw
+from tests.conftest import dumps, eventually, publish_raw
 from tests.hostile.conftest import drain
 from tests.hostile.profiles import Seed, credit_code, enterprise_body, SAMPLES
 
@@ -31,10 +30,9 @@ def rating_event(enterprise):
                      data=SAMPLES["provider.rating_changed"](Seed(own={"enterprise": enterprise})))
 
 
-def wait_depth(amqp_uri, queue, want, timeout=60):
-    with Connection(amqp_uri) as conn, eventlet.Timeout(timeout):
-        while queue_depth(conn, queue) != want:
-            eventlet.sleep(0.1)
+def wait_depth(amqp_uri, queue, want):
+    with Connection(amqp_uri) as conn:
+        eventually(f"{want} messages in {queue}", lambda: queue_depth(conn, queue) == want)
 
 
 def inbox(client, enterprise):
@@ -64,9 +62,7 @@ def test_ops_list_dead_letters_then_replay_one_once_its_cause_is_fixed(start_ser
     assert client("POST", "/api/v1/enterprises", json=enterprise_body(enterprise)).status_code == 201
     assert cli(amqp_uri, "replay", QUEUE, "--id", event["event_id"]) == (
         0, f"replayed 1 to {QUEUE}; 1 others left in the DLQ\n")
-    with eventlet.Timeout(60):
-        while not inbox(client, enterprise):
-            eventlet.sleep(0.1)
+    eventually("the replayed event applied", lambda: inbox(client, enterprise))
     assert inbox(client, enterprise)[0]["event_id"] == event["event_id"]
     left = drain(amqp_uri, QUEUE + ".dlq")
     assert [m.body for m in left] == [b"{definitely not json"]            # the other one is untouched
@@ -99,9 +95,7 @@ def test_replay_all_starts_retries_afresh_and_a_poison_just_comes_back(start_ser
     assert "retries 1" in cli(amqp_uri, "list", QUEUE)[1]
 
     assert cli(amqp_uri, "replay", QUEUE, "--all") == (0, f"replayed 2 to {QUEUE}; 0 others left in the DLQ\n")
-    with eventlet.Timeout(60):
-        while not inbox(client, enterprise):
-            eventlet.sleep(0.1)
+    eventually("a replayed event applied", lambda: inbox(client, enterprise))
     # Had the replay kept `x-ipv-retries: 1`, the failure after it would have dead-lettered it again.
     assert calls == [event["event_id"]] * 4
     wait_depth(amqp_uri, QUEUE + ".dlq", 1)
@@ -122,18 +116,14 @@ def test_an_event_published_before_its_consumer_existed_is_kept_and_replayed_to_
         before = queue_depth(conn, "ipv.unrouted")
         for event in (awaited, orphan):
             publish_raw(amqp_uri, exchange, event["type"], dumps(event))
-        with eventlet.Timeout(60):
-            while queue_depth(conn, "ipv.unrouted") < before + 2:
-                eventlet.sleep(0.05)
+        eventually("both events unrouted", lambda: queue_depth(conn, "ipv.unrouted") >= before + 2, interval=0.05)
         late = Queue(f"test-late-{awaited['event_id'][:8]}", exchange=exchange, routing_key=awaited["type"],
                      exclusive=True)  # gone with this connection, so a later run's event is unrouted again
         late(conn.default_channel).declare()                                       # the consumer arrives
 
         code, said = cli(amqp_uri, "replay", "ipv.unrouted", "--id", awaited["event_id"])
         assert code == 0 and said.startswith("replayed 1 to their producers' exchanges"), said
-        with eventlet.Timeout(60):
-            while (message := late(conn.default_channel).get(no_ack=True)) is None:
-                eventlet.sleep(0.05)
+        message = eventually("the replayed event", lambda: late(conn.default_channel).get(no_ack=True), interval=0.05)
         assert json.loads(message.body)["event_id"] == awaited["event_id"]
         # The other still has no consumer: replaying everything keeps it in ipv.unrouted.
         assert cli(amqp_uri, "replay", "ipv.unrouted", "--all")[0] == 0
@@ -169,9 +159,7 @@ def test_a_message_that_keeps_coming_back_is_dead_lettered_by_the_broker_and_rep
             publish_raw(amqp_uri, events_exchange("newcomer"), "newcomer.limit_tested", b'{"poison": 1}')
             channel = conn.channel()
             for n in range(DELIVERY_LIMIT + 1):
-                with eventlet.Timeout(60, AssertionError(f"delivery {n + 1} never came")):
-                    while (message := channel.basic_get(name, no_ack=False)) is None:
-                        eventlet.sleep(0.02)
+                message = eventually(f"delivery {n + 1}", lambda: channel.basic_get(name, no_ack=False), interval=0.02)
                 channel.basic_reject(message.delivery_tag, requeue=True)
             wait_depth(amqp_uri, name + ".dlq", 1)
             assert queue_depth(conn, name) == 0

@@ -13,7 +13,7 @@ from ipvkit.amqp import events_exchange
 from services.audit import ledger, verify
 from services.audit.service import AuditService
 from services.audit.storage import AuditRepo, key
-from tests.conftest import dumps, free_port, publish_raw
+from tests.conftest import dumps, eventually, free_port, publish_raw
 from tests.integration.test_audit_reports import E1, Events, audit  # noqa: F401 - the fixture
 
 pytestmark = pytest.mark.integration
@@ -25,10 +25,8 @@ def enterprises(ev, count):
             "enterprise_id": E1, "name": f"企业{n}", "region": "350102", "industry": "C34", "size": "small"})
 
 
-def wait_size(api, count, timeout=20):
-    with eventlet.Timeout(timeout, AssertionError(f"the ledger did not reach {count} entries")):
-        while api.get("/api/v1/audit/head").json()["size"] < count:
-            eventlet.sleep(0.1)
+def wait_size(api, count):
+    eventually(f"the ledger holds {count} entries", lambda: api.get("/api/v1/audit/head").json()["size"] >= count)
 
 
 def lag_observations(api):
@@ -78,9 +76,7 @@ def test_a_crash_between_the_entry_and_the_head_is_repaired(audit, amqp_uri, mon
     ev = Events(amqp_uri)
     enterprises(ev, 1)
     db = MongoClient(mongo_uri)[api.config["MONGO_DB"]]
-    with eventlet.Timeout(60):
-        while db.entries.count_documents({}) == 0:
-            eventlet.sleep(0.1)
+    eventually("an entry inserted", lambda: db.entries.count_documents({}))
     assert api.get("/api/v1/audit/head").json()["size"] == 0          # inserted but not counted
     api.container.kill()
     monkeypatch.undo()

@@ -6,7 +6,6 @@ import io
 import os
 from datetime import datetime, timezone
 
-import eventlet
 import pytest
 import requests
 from kombu import Connection
@@ -16,7 +15,7 @@ from ipvkit.amqp import consumer_queues, events_exchange
 from ipvkit.events import new_event
 from ipvkit.rpc import rpc   # the rpc-vouchers queue as the real service declares it (quorum)
 from services.audit.service import AuditService
-from tests.conftest import dumps, publish_raw
+from tests.conftest import dumps, eventually, publish_raw
 
 pytestmark = pytest.mark.integration
 
@@ -132,22 +131,19 @@ class Client:
     def post(self, path, role="officer"):
         return requests.post(self.base + path, headers=self.token(role, "o1"), timeout=30)
 
-    def wait_projected(self, sent, timeout=60):
+    def wait_projected(self, sent):
         """Until the read models include `sent` (events, the last one published last) or, given a number,
         that many entries. By the last event, not by a count: the service's own events (its red flags,
         its checkpoints) come back into the ledger among them, at a place that depends on timing."""
         what = f"{sent} entries" if isinstance(sent, int) else f"the {len(sent)} events sent"
-        with eventlet.Timeout(timeout, AssertionError(f"the read models did not include {what} in {timeout}s")):
-            while True:
-                head = self.get("/api/v1/audit/head").json()
-                if isinstance(sent, int):
-                    if head["size"] >= sent and head["projected"] >= sent:
-                        return head
-                else:
-                    last = self.get("/api/v1/audit/entries", event_id=sent[-1]["event_id"]).json()["items"]
-                    if last and head["projected"] > last[0]["position"]:
-                        return head
-                eventlet.sleep(0.1)
+
+        def projected():
+            head = self.get("/api/v1/audit/head").json()
+            if isinstance(sent, int):
+                return head["size"] >= sent and head["projected"] >= sent and head
+            last = self.get("/api/v1/audit/entries", event_id=sent[-1]["event_id"]).json()["items"]
+            return last and head["projected"] > last[0]["position"] and head
+        return eventually(f"the read models include {what}", projected)
 
 
 def seed_life_cycles(ev):
@@ -272,9 +268,9 @@ def test_red_flags_carry_their_evidence_and_are_published(audit, amqp_uri, event
     assert {e["data"]["rule"] for e in published} == set(flags)
     one = api.get(f"/api/v1/audit/anomalies/{flags['split_orders']['anomaly_id']}").json()
     assert one["summary"].startswith("2 orders for PAT-01 with agency A1")
-    with eventlet.Timeout(60):  # the flags' own events come back through the audit exchange into the ledger
-        while len(api.get("/api/v1/audit/entries", type="audit.anomaly_detected").json()["items"]) < 6:
-            eventlet.sleep(0.1)
+    # the flags' own events come back through the audit exchange into the ledger
+    eventually("6 anomaly events in the ledger",
+               lambda: len(api.get("/api/v1/audit/entries", type="audit.anomaly_detected").json()["items"]) >= 6)
 
 
 class StandInVouchers:

@@ -6,7 +6,6 @@ import hashlib
 import os
 from pathlib import Path
 
-import eventlet
 import pytest
 from botocore.exceptions import ClientError
 from nameko.testing.services import entrypoint_hook
@@ -15,18 +14,12 @@ from pymongo import MongoClient
 from ipvkit.events import new_event, parse
 from services.documents.service import DocumentsService
 from tests import document_samples as samples
-from tests.conftest import dumps, free_port
+from tests.conftest import dumps, eventually, free_port
 from tests.integration.test_audit_reports import audit  # noqa: F401 - the fixture
 from tests.integration.test_documents_api import Documents
 from tests.integration.test_vouchers_api import ENT, EVIDENCE, NOW, vapi  # noqa: F401 - the fixture
 
 pytestmark = pytest.mark.integration
-
-
-def wait_until(what, check, timeout=60):
-    with eventlet.Timeout(timeout, AssertionError(f"{what}: not within {timeout}s")):
-        while not check():
-            eventlet.sleep(0.1)
 
 
 @pytest.fixture
@@ -47,7 +40,7 @@ def placed_order(vapi, docs):
     voucher = vapi.voucher(pid)
     order = vapi.order(voucher["voucher_id"]).json()
     # order.placed reaches the documents service through the broker, as in production.
-    wait_until("the documents service knows the order", lambda: docs(
+    eventually("the documents service knows the order", lambda: docs(
         "GET", f"/api/v1/documents?order_id={order['order_id']}", "agency", "ag-1").status_code == 200)
     return voucher, order["order_id"]
 
@@ -70,7 +63,7 @@ def test_a_delivery_names_its_documents_the_ledger_proves_them_and_a_changed_fil
         stored = docs.upload(order_id, data, kind=kind, role=role, subject=subject, filename=f"{kind}.bin")
         assert stored.status_code == 201, stored.text
         ids[kind] = stored.json()["document_id"]
-    wait_until("the vouchers service heard of the uploads", lambda: known_to_vouchers(vapi, ids.values()))
+    eventually("the vouchers service heard of the uploads", lambda: known_to_vouchers(vapi, ids.values()))
 
     evidence = {k: v for k, v in EVIDENCE.items() if k != "deliverable_sha256"}
     delivered = vapi("POST", f"/api/v1/orders/{order_id}/deliver", "agency", "ag-1",
@@ -85,10 +78,10 @@ def test_a_delivery_names_its_documents_the_ledger_proves_them_and_a_changed_fil
     assert event["data"]["documents"] == expected
 
     # The documents service hears of the delivery: each file is recorded as delivered and held.
-    wait_until("the documents service recorded the delivery", lambda: all(
+    eventually("the documents service recorded the delivery", lambda: all(
         docs("GET", f"/api/v1/documents/{i}", "auditor", "a1").json()["delivery"] for i in ids.values()))
     ledger.wait_projected(7)  # programme created and opened, voucher, order, 4 uploads ... and the delivery
-    wait_until("the delivery is in the ledger", lambda: any(
+    eventually("the delivery is in the ledger", lambda: any(
         e["type"] == "order.delivered" for e in ledger.get("/api/v1/audit/entries", limit=50).json()["items"]))
     for kind, document_id in ids.items():
         verified = docs("GET", f"/api/v1/documents/{document_id}/verify", "officer", "o1").json()
@@ -128,7 +121,7 @@ def test_a_delivery_naming_a_missing_foreign_or_mislabelled_document_is_refused(
     vapi, docs, _ = world
     voucher, order_id = placed_order(vapi, docs)
     other = vapi.order(voucher["voucher_id"], price=200_000).json()["order_id"]
-    wait_until("the documents service knows the second order", lambda: docs(
+    eventually("the documents service knows the second order", lambda: docs(
         "GET", f"/api/v1/documents?order_id={other}", "agency", "ag-1").status_code == 200)
     own = docs.upload(order_id, samples.pdf(), kind="contract").json()["document_id"]
     elsewhere = docs.upload(other, samples.pdf(), kind="invoice").json()["document_id"]
@@ -141,7 +134,7 @@ def test_a_delivery_naming_a_missing_foreign_or_mislabelled_document_is_refused(
                                        "document_id": rogue, "order_id": order_id, "kind": "deliverable",
                                        "sha256": "f" * 64, "size_bytes": 10, "media_type": "application/pdf",
                                        "uploader_role": "agency", "uploader_id": "ag-9"}))))
-    wait_until("the vouchers service heard of the uploads", lambda: known_to_vouchers(vapi, [own, elsewhere]))
+    eventually("the vouchers service heard of the uploads", lambda: known_to_vouchers(vapi, [own, elsewhere]))
 
     cases = {
         "foreign uploader": ({"contract": own, "deliverable": rogue}, "documents.deliverable", "not uploaded for this order"),

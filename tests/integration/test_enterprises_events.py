@@ -14,7 +14,7 @@ from ipvkit.clock import FixedClock
 from ipvkit.events import new_event
 from ipvkit.storage import Repo
 from services.enterprises.service import EnterprisesService
-from tests.conftest import dumps, publish_raw
+from tests.conftest import dumps, eventually, publish_raw
 
 pytestmark = pytest.mark.integration
 
@@ -49,11 +49,10 @@ def test_crash_between_state_write_and_publish_loses_no_event(container_factory,
     monkeypatch.undo()
     restarted = container_factory(EnterprisesService, service_config)
     restarted.start()
-    event = tap.next(timeout=60)                                    # the relay's sweep sends it
+    event = tap.next()                                              # the relay's sweep sends it
     assert event["event_id"] == stored["outbox"][0]["event_id"]
-    with eventlet.Timeout(60, AssertionError("the relay did not clear the outbox within 60 s")):
-        while MongoClient(mongo_uri)[service_config["MONGO_DB"]].enterprises.find_one({"_id": CODE})["outbox"]:
-            eventlet.sleep(0.1)
+    eventually("the relay cleared the outbox", lambda: not MongoClient(mongo_uri)[service_config["MONGO_DB"]]
+               .enterprises.find_one({"_id": CODE})["outbox"])
     assert tap.drain(1.5) == []                                     # and only once
 
 
@@ -93,9 +92,8 @@ def test_malformed_messages_are_dead_lettered_and_the_consumer_keeps_working(
     publish_raw(amqp_uri, exchange, "provider.rating_changed", dumps(good))
     publish_raw(amqp_uri, exchange, "provider.rating_changed", dumps(good))        # a redelivery
 
-    with eventlet.Timeout(60):
-        while not (inbox := get(service_config, token, f"/api/v1/enterprises/{CODE}/notifications").json()["items"]):
-            eventlet.sleep(0.1)
+    eventually("a notification", lambda: get(service_config, token, f"/api/v1/enterprises/{CODE}/notifications")
+               .json()["items"])
     eventlet.sleep(1)
     inbox = get(service_config, token, f"/api/v1/enterprises/{CODE}/notifications", role="enterprise", subject=CODE).json()
     assert len(inbox["items"]) == 1                                  # the replay added nothing
@@ -150,9 +148,8 @@ def test_a_failing_handler_is_retried_with_a_delay_then_applied(container_factor
     assert post(service_config, token, "/api/v1/enterprises", ENTERPRISE).status_code == 201
     event = rating_dropped(CODE)
     publish_raw(amqp_uri, events_exchange("providers"), "provider.rating_changed", dumps(event))
-    with eventlet.Timeout(60):
-        while not get(service_config, token, f"/api/v1/enterprises/{CODE}/notifications").json()["items"]:
-            eventlet.sleep(0.1)
+    eventually("a notification", lambda: get(service_config, token, f"/api/v1/enterprises/{CODE}/notifications")
+               .json()["items"])
     assert calls == [event["event_id"]] * 3
     metrics = requests.get(f"http://{service_config['WEB_SERVER_ADDRESS']}/metrics", timeout=5).text
     assert 'ipv_event_retries_total{consumer="on_agency_standing",service="enterprises"}' in metrics
@@ -173,9 +170,7 @@ def test_a_handler_that_keeps_failing_is_dead_lettered_after_its_retries(contain
     post(service_config, token, "/api/v1/enterprises", ENTERPRISE)
     event = rating_dropped(CODE)
     publish_raw(amqp_uri, events_exchange("providers"), "provider.rating_changed", dumps(event))
-    with eventlet.Timeout(60):
-        while not (dead := dead_letters(amqp_uri)):
-            eventlet.sleep(0.2)
+    dead = eventually("a dead letter", lambda: dead_letters(amqp_uri), interval=0.2)
     assert calls == [event["event_id"]] * 3                        # the first try and two retries
     assert dead[0].headers["x-ipv-dead-reason"].startswith("retries_exhausted: failed 3 times")
     assert dead[0].headers["x-ipv-retries"] == 2

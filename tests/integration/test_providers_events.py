@@ -4,7 +4,6 @@ listings that end by date."""
 import uuid
 from datetime import date, datetime, timezone
 
-import eventlet
 import pytest
 import requests
 from amqp.exceptions import NotFound
@@ -16,7 +15,7 @@ from ipvkit.clock import FixedClock
 from ipvkit.events import new_event
 from services.enterprises.service import EnterprisesService
 from services.providers.service import ProvidersService
-from tests.conftest import dumps, free_port, publish_raw
+from tests.conftest import dumps, eventually, free_port, publish_raw
 
 pytestmark = pytest.mark.integration
 
@@ -59,13 +58,6 @@ def client(config, token):
     return call
 
 
-def wait_for(probe, timeout=60):
-    with eventlet.Timeout(timeout, AssertionError(f"not reached within {timeout}s")):
-        while not (result := probe()):
-            eventlet.sleep(0.1)
-    return result
-
-
 @pytest.fixture
 def providers(container_factory, service_config, token):
     container = container_factory(ProvidersService, service_config)
@@ -94,7 +86,7 @@ def test_order_outcomes_build_the_record_and_name_who_is_affected(providers, amq
             order_event("claim.paid", "o-5", E2), order_event("order.placed", "o-5", E2))        # out of order
     expected = {"orders": 5, "open_orders": 2, "delivered": 2, "on_time": 1, "on_time_rate": 0.5,
                 "claims_rejected": 1, "disputes": 1, "disputes_upheld": 0}
-    wait_for(lambda: record(providers) == expected)
+    eventually("the order record", lambda: record(providers) == expected)
 
     tap = event_tap("providers", "provider.rating_changed")
     dropped = providers("POST", f"/api/v1/agencies/{AG}/evaluations", json={
@@ -130,7 +122,7 @@ def test_a_fall_below_the_line_a_suspension_and_a_listing_reach_the_enterprises_
                                                          "region": "350102", "industry": "C34",
                                                          "size": "small"}).status_code == 201
     publish(amqp_uri, order_event("order.placed", "o-1", E1))
-    wait_for(lambda: record(providers)["open_orders"] == 1)
+    eventually("one open order", lambda: record(providers)["open_orders"] == 1)
 
     def inbox(count):
         items = inbox_of("GET", f"/api/v1/enterprises/{E1}/notifications", role="enterprise", subject=E1).json()["items"]
@@ -139,20 +131,20 @@ def test_a_fall_below_the_line_a_suspension_and_a_listing_reach_the_enterprises_
     providers("POST", f"/api/v1/agencies/{AG}/evaluations", json={
         "period_from": "2025-01-01", "period_to": "2025-12-31", "deductions": [{"indicator": "abnormal_filings",
                                                                                 "points": 25}]})
-    [below] = wait_for(lambda: inbox(1))
+    [below] = eventually("the first alert", lambda: inbox(1))
     assert below["kind"] == "agency_below_line" and below["agency_id"] == AG and below["order_ids"] == ["o-1"]
     assert AGENCY["name"] in below["title"] and "低于服务券资格线 B 级" in below["title"]
     assert (below["old_standing"], below["new_standing"]) == ("level unrated", "level C")
     assert "降级前已下的订单可继续履行" in below["body"]
 
     providers("POST", f"/api/v1/agencies/{AG}/suspend", json={"reason": "停业整顿"})
-    suspended = wait_for(lambda: inbox(2))[0]
+    suspended = eventually("the second alert", lambda: inbox(2))[0]
     assert suspended["kind"] == "agency_suspended" and "停业整顿" in suspended["body"]
     assert (suspended["old_standing"], suspended["new_standing"]) == ("status active", "status suspended")
 
     providers("POST", f"/api/v1/agencies/{AG}/blacklist", json={
         "list_type": "severe_dishonesty", "reason": "严重失信", "source": "国家知识产权局", "listed_from": "2026-01-05"})
-    listed = wait_for(lambda: inbox(3))[0]
+    listed = eventually("the third alert", lambda: inbox(3))[0]
     assert listed["kind"] == "agency_blacklisted" and listed["order_ids"] == ["o-1"]
 
 

@@ -1,12 +1,11 @@
 """The read models the vouchers service keeps from other services' events, fed through the real
 broker: late, repeated and malformed events."""
-import eventlet
 import pytest
 from kombu import Connection
 from pymongo import MongoClient
 
 from ipvkit.amqp import consumer_queues, events_exchange
-from tests.conftest import dumps, publish_raw
+from tests.conftest import dumps, eventually, publish_raw
 from tests.integration.test_vouchers_api import (agency_registered, event, qualification_granted, rating_changed,
                                                  vapi)  # noqa: F401
 
@@ -26,9 +25,8 @@ def send(amqp_uri, *events):
 
 def wait_for(config, mongo_uri, collection, doc_id, check):
     db = MongoClient(mongo_uri)[config["MONGO_DB"]]
-    with eventlet.Timeout(60):
-        while not check(db[collection].find_one({"_id": doc_id}) or {}):
-            eventlet.sleep(0.05)
+    eventually(f"{collection}/{doc_id} as expected", lambda: check(db[collection].find_one({"_id": doc_id}) or {}),
+               interval=0.05)
 
 
 def test_agency_standing_follows_the_newest_event_whatever_the_arrival_order(vapi, amqp_uri, service_config, mongo_uri):
@@ -82,11 +80,11 @@ def test_malformed_provider_events_are_dead_lettered_and_the_consumer_goes_on(va
     with Connection(amqp_uri) as conn:
         queue = dead(conn.default_channel)
         reasons = []
-        with eventlet.Timeout(60):
-            while len(reasons) < 2:
-                message = queue.get(no_ack=True)
-                if message is None:
-                    eventlet.sleep(0.05)
-                else:
-                    reasons.append(message.headers["x-ipv-dead-reason"].split(":")[0])
+
+        def two_taken():
+            message = queue.get(no_ack=True)
+            if message is not None:
+                reasons.append(message.headers["x-ipv-dead-reason"].split(":")[0])
+            return len(reasons) >= 2
+        eventually("two dead letters", two_taken, interval=0.05)
     assert reasons == ["malformed", "malformed"]

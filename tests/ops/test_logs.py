@@ -14,7 +14,7 @@ from ipvkit.events import new_event
 from ipvkit.amqp import events_exchange
 from ipvkit.http import ServiceBase, api
 from ipvkit.logs import JsonFormatter, bind, unbind
-from tests.conftest import dumps, publish_raw
+from tests.conftest import dumps, eventually, publish_raw
 
 log = logging.getLogger("probe")
 HELD = {}  # the officer's token of this test run: the probe's error message quotes it
@@ -97,9 +97,8 @@ def test_request_and_event_logs_carry_their_correlation_id_and_no_secret(
                       actor={"role": "officer", "id": "o1"}, now=datetime.now(timezone.utc), correlation_id="flow-42",
                       data={"enterprise_id": CODE, "name": "n", "region": "350102", "industry": "C34", "size": "small"})
     publish_raw(amqp_uri, events_exchange("enterprises"), "enterprise.registered", dumps(event))
-    with eventlet.Timeout(60):
-        while not any(line["message"] == f"saw {event['event_id']}" for line in lines()):
-            eventlet.sleep(0.05)
+    eventually("the handler's log line", lambda: any(line["message"] == f"saw {event['event_id']}" for line in lines()),
+               interval=0.05)
 
     by_message = {line["message"]: line for line in lines()}
     for n in range(3):

@@ -6,7 +6,6 @@ import io
 import time
 import uuid
 
-import eventlet
 import pytest
 from amqp.exceptions import PreconditionFailed
 from kombu import Connection, Exchange, Queue
@@ -14,7 +13,7 @@ from kombu import Connection, Exchange, Queue
 from ipvkit.amqp import consumer_queue_arguments, events_exchange
 from ipvkit.deadletters import queue_depth
 from ipvkit.migrate_queues import MIGRATING, Refused, Spec, main, migrate_one, plan, planned, run
-from tests.conftest import publish_raw
+from tests.conftest import eventually, publish_raw
 
 pytestmark = pytest.mark.integration
 
@@ -94,9 +93,7 @@ def test_classic_queues_move_to_quorum_with_every_message_in_order(amqp_uri, scr
         assert queue_depth(conn, name + MIGRATING) is None
 
         publish_raw(amqp_uri, exchange, key, b'{"n": 200}')          # still bound
-        with eventlet.Timeout(60):
-            while queue_depth(conn, name) < 201:
-                eventlet.sleep(0.05)
+        eventually("201 messages in the queue", lambda: queue_depth(conn, name) >= 201, interval=0.05)
         assert [body for body, _ in get_all(conn, name)] == [f'{{"n": {n}}}'.encode() for n in range(201)]
         [(body, props)] = get_all(conn, f"{name}.retry")
         assert body == b'{"retry": 1}' and props["expiration"] == "3600000"
