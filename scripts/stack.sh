@@ -175,9 +175,10 @@ start_ferret() {
   # GOGC=400: FerretDB decodes each document it reads or writes from JSON, and with Go's default (100) its
   # collector took about a tenth of its CPU under the order load (pprof); with 400 its resident memory
   # peaked at 79 MB in that load, for 15 % more orders/s and a lower p99 (bench/README.md, "FerretDB's collector").
+  # IPV_FERRETDB_DEBUG_ADDR=127.0.0.1:8088 serves Go's pprof there (bench/README.md, "Profiling FerretDB").
   GOGC=${IPV_FERRETDB_GOGC:-400} setsid nohup "$FERRETDB_BIN" --handler=sqlite --sqlite-url="file:$FERRET_DIR/data/" \
     --listen-addr="127.0.0.1:$MONGO_PORT" --state-dir="$FERRET_DIR/state" --telemetry=disable \
-    --debug-addr=- --log-level=WARN >"$FERRET_DIR/ferretdb.log" 2>&1 </dev/null &
+    --debug-addr="${IPV_FERRETDB_DEBUG_ADDR:--}" --log-level=WARN >"$FERRET_DIR/ferretdb.log" 2>&1 </dev/null &
   echo $! >"$FERRET_DIR/ferretdb.pid"
   wait_for "FerretDB" 60 mongo_answers "$(mongo_uri)" $! || {
     tail -30 "$FERRET_DIR/ferretdb.log" >&2
