@@ -28,6 +28,13 @@ import urllib3.util.ssl_  # noqa: E402
 # http). `nameko run` patches before any import and never meets this.
 urllib3.util.ssl_.SSLContext = ssl.SSLContext
 
+from hypothesis import settings  # noqa: E402
+
+# Property tests check what is computed, not how fast: hypothesis's default deadline (200 ms an example)
+# would turn a busy machine's pause into a failure.
+settings.register_profile("ipv", deadline=None)
+settings.load_profile("ipv")
+
 import json  # noqa: E402
 import socket  # noqa: E402
 import time  # noqa: E402

@@ -31,7 +31,7 @@ def test_each_movement_keeps_budget_equal_to_the_five_buckets():
     assert {f["region"] for f in facts} == {"350100"} and {f["month"] for f in facts} == {"2026-03"}
 
 
-@settings(max_examples=50, deadline=None)
+@settings(max_examples=50)
 @given(st.lists(st.tuples(st.sampled_from(["order", "pay", "release_v", "release_p"]), st.integers(1, 500)),
                 max_size=30))
 def test_conservation_holds_for_any_sequence_of_movements(steps):
