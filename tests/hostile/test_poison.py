@@ -1,9 +1,12 @@
 """Poison messages on every consumer queue the code declares: each is dead-lettered at once with
 its reason, unchanged; no handler ever sees one; a valid event sent after them is still applied."""
+import gc
 import json
 import re
+import traceback
 from datetime import datetime, timezone
 
+import greenlet
 import pytest
 from kombu import Connection
 from nameko.testing.services import entrypoint_waiter
@@ -34,6 +37,18 @@ def valid_event(consumer, seed):
     event = new_event(type=event_type, version=version, producer=producer, aggregate_id="poison-test", sequence=1,
                       data=data, actor={"role": "officer", "id": "o9"}, now=datetime.now(timezone.utc))
     return event, curated
+
+
+def consumer_stacks():
+    """Where each green thread inside the shared consumer is: once (a CI run on 3 December) this test timed out
+    with no cause on record (the fifth poison dead-lettered, the sixth never logged)."""
+    stacks = []
+    for thread in gc.get_objects():
+        if isinstance(thread, greenlet.greenlet) and thread.gr_frame is not None:
+            stack = "".join(traceback.format_stack(thread.gr_frame))
+            if "ipvkit/consumer.py" in stack:
+                stacks.append(stack)
+    return "\n".join(stacks) or "(no green thread in ipvkit/consumer.py)"
 
 
 def poisons(event):
@@ -86,8 +101,10 @@ def test_poison_is_dead_lettered_with_its_reason_and_the_consumer_keeps_going(
             channel = conn.channel()
             _, ready, consumers = channel.queue_declare(queue, passive=True)
             channel.close()
+            dead_letters = queue_depth(conn, queue + ".dlq")
         raise AssertionError(f"the valid event was not handled: handled {handled}; {queue} holds {ready} "
-                             f"ready with {consumers} consumers") from None
+                             f"ready with {consumers} consumers, its dead-letter queue {dead_letters}; "
+                             f"the consumer stands at:\n{consumer_stacks()}") from None
 
     # No handler saw a poison: each carries the valid event's id or none. Other events may come by (the
     # seed's own, published at least once), so the valid one is looked for, not assumed alone.
