@@ -87,7 +87,7 @@ def main():
                 sys.exit(f"the documents service did not start; see {log.name}")
             time.sleep(0.3)
         order_id = f"o_{uuid.uuid4().hex[:20]}_{run}"
-        with Connection(amqp) as conn:
+        with Connection(amqp, transport_options={"confirm_publish": True}) as conn:
             conn.Producer().publish(dumps(new_event(
                 type="order.placed", producer="vouchers", aggregate_id=order_id, sequence=1,
                 actor={"role": "enterprise", "id": "91350100M000100Y43"}, now=datetime.now(timezone.utc), data={

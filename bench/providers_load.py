@@ -71,7 +71,7 @@ def main():
                   for n in range(ORDERS)]
         orders = MongoClient(config["MONGO_URI"])[config["MONGO_DB"]].orders
         started = time.perf_counter()
-        with Connection(amqp) as conn:
+        with Connection(amqp, transport_options={"confirm_publish": True}) as conn:
             producer = conn.Producer()
             for event in events:
                 producer.publish(dumps(event), exchange=events_exchange("vouchers"), routing_key=event["type"],

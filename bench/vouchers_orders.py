@@ -68,7 +68,7 @@ def seed(amqp_uri, count):
                                 "agency_id": "ag-1", "name": "基准专利代理事务所", "credit_code": "91330100MA2H00001P",
                                 "kind": "patent", "region": "331021", "service_codes": ["PAT-01"],
                                 "related_credit_codes": [], "eligibility_line": "B", "level": "A", "eligible": True}))
-    with Connection(amqp_uri) as conn:
+    with Connection(amqp_uri, transport_options={"confirm_publish": True}) as conn:
         producer = conn.Producer()
         for e in events:
             producer.publish(json.dumps(e, ensure_ascii=False), exchange=events_exchange(e["producer"]),

@@ -13,7 +13,7 @@ from kombu import Connection, Exchange, Queue
 from ipvkit.amqp import consumer_queue_arguments, events_exchange
 from ipvkit.deadletters import queue_depth
 from ipvkit.migrate_queues import MIGRATING, Refused, Spec, main, migrate_one, plan, planned, run
-from tests.conftest import eventually, publish_raw
+from tests.conftest import CONFIRMED, eventually, publish_raw
 
 pytestmark = pytest.mark.integration
 
@@ -69,7 +69,7 @@ def test_classic_queues_move_to_quorum_with_every_message_in_order(amqp_uri, scr
     name, exchange = scratch
     key = "migrating.happened"
     specs = specs_for(name, exchange, key)
-    with Connection(amqp_uri) as conn:
+    with Connection(amqp_uri, transport_options=CONFIRMED) as conn:
         exchange(conn.default_channel).declare()
         classic_consumer(conn, name, exchange, key)
         for n in range(200):
