@@ -41,21 +41,26 @@ def dead_letters_to(queue_name):
             "x-dead-letter-strategy": "at-least-once", "x-overflow": "reject-publish"}
 
 
-def consumer_queue_arguments(name):
-    """{queue name: arguments} of one consumer's three queues (the migration reads them too)."""
+def consumer_queue_arguments(name, single_active=False):
+    """{queue name: arguments} of one consumer's three queues (the migration reads them too).
+    `single_active`: the broker delivers the work queue to one consumer at a time, in queue order; the
+    other pods' consumers wait, and the longest-waiting one takes over when the active one's channel closes."""
+    work = dict(QUORUM, **{"x-delivery-limit": DELIVERY_LIMIT}, **dead_letters_to(f"{name}.dlq"))
+    if single_active:
+        work["x-single-active-consumer"] = True
     return {
-        name: dict(QUORUM, **{"x-delivery-limit": DELIVERY_LIMIT}, **dead_letters_to(f"{name}.dlq")),
+        name: work,
         f"{name}.retry": dict(QUORUM, **dead_letters_to(name)),
         f"{name}.dlq": dict(QUORUM),
     }
 
 
-def consumer_queues(name, bindings):
+def consumer_queues(name, bindings, single_active=False):
     """The work queue of one consumer, bound to (exchange, pattern) pairs, and its dead-letter
     queue. Retries are republished to the work queue through the default exchange with a delay
     queue `<name>.retry` whose expired messages dead-letter back to the work queue."""
     from kombu import binding
-    arguments = consumer_queue_arguments(name)
+    arguments = consumer_queue_arguments(name, single_active)
     work = Queue(name, bindings=[binding(ex, routing_key=key) for ex, key in bindings], durable=True,
                  queue_arguments=arguments[name])
     retry = Queue(f"{name}.retry", durable=True, queue_arguments=arguments[f"{name}.retry"])

@@ -49,9 +49,11 @@ class _Loop(ConsumerMixin):
 
 
 class EventConsumer(Entrypoint):
-    def __init__(self, bindings, max_retries=5, retry_base_ms=200, **kwargs):
-        """bindings: [(producer service, routing pattern)], e.g. [("providers", "provider.*")]."""
+    def __init__(self, bindings, max_retries=5, retry_base_ms=200, single_active=False, **kwargs):
+        """bindings: [(producer service, routing pattern)], e.g. [("providers", "provider.*")].
+        single_active: one pod consumes at a time (ipvkit.amqp.consumer_queue_arguments)."""
         self.bindings = list(bindings)
+        self.single_active = single_active
         self.max_retries = max_retries
         self.retry_base_ms = retry_base_ms
         self.loop = None
@@ -63,7 +65,7 @@ class EventConsumer(Entrypoint):
         self.service_name = self.container.service_name
         self.queue_name = f"{self.service_name}.{self.method_name}"
         self.work_queue, self.retry_queue, self.dead_queue = consumer_queues(
-            self.queue_name, [(events_exchange(src), key) for src, key in self.bindings])
+            self.queue_name, [(events_exchange(src), key) for src, key in self.bindings], self.single_active)
         self.amqp_uri = required(config, "AMQP_URI")
         self.prefetch = int(config.get("max_workers", 10))
         self.max_retries = int(config.get("EVENT_MAX_RETRIES", self.max_retries))

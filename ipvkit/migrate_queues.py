@@ -1,19 +1,20 @@
-"""Moves an installation's classic queues to quorum queues, losing nothing.
+"""Moves an installation's queues to the type and arguments the code declares (classic queues to quorum
+queues; `audit.record` to a single active consumer), losing nothing.
 
     python -m ipvkit.migrate_queues plan       what would move: each queue, its type now, messages waiting
     python -m ipvkit.migrate_queues run        move them (`make migrate-queues`)
 
-A queue's type cannot change once declared, and a service declaring its queues as quorum queues on a
-broker that has them as classic ones is refused (PRECONDITION_FAILED, inequivalent arg
-'x-queue-type'). So, with every service stopped (the command refuses while a queue has consumers),
-for each classic queue Q of the code (every consumer's work, retry and dead-letter queue, every
-`rpc-<service>` queue, `ipv.unrouted`):
+A queue's type and arguments cannot change once declared, and a service declaring its queues as quorum
+queues on a broker that has them as classic ones is refused (PRECONDITION_FAILED, inequivalent arg
+'x-queue-type'; the same for any other argument). So, with every service stopped (the command refuses
+while a queue has consumers), for each queue Q of the code declared otherwise (every consumer's work,
+retry and dead-letter queue, every `rpc-<service>` queue, `ipv.unrouted`):
 
   1. a quorum queue `Q.migrating` is declared and bound as Q is, then Q unbound: from here on a
      publish lands in the new queue, never nowhere;
   2. every message of Q is moved into it (published with confirms and `mandatory`, then
      acknowledged: at least once, in order, body, headers and properties kept), then Q is deleted
-     (only if empty);
+     once empty (a work queue's delayed retries, which expire into it by name, wait aside meanwhile);
   3. Q is declared as the code declares it (quorum) and bound, `Q.migrating` unbound, its messages
      moved into Q, and it is deleted.
 
@@ -65,7 +66,7 @@ def planned(service_classes=None):
     classes = service_classes or services()
     specs = []
     for work, _, _, consumer in consumers(classes):
-        arguments = consumer_queue_arguments(work)
+        arguments = consumer_queue_arguments(work, consumer.single_active)
         bindings = [(events_exchange(src), key) for src, key in consumer.bindings]
         specs += [Spec(work, arguments[work], bindings), Spec(f"{work}.retry", arguments[f"{work}.retry"]),
                   Spec(f"{work}.dlq", arguments[f"{work}.dlq"])]
@@ -152,6 +153,29 @@ def move(conn, publisher, source, target, restore_expiration=False):
     return moved
 
 
+def _empty_and_delete(conn, publisher, source, target, restore_expiration=False):
+    """Moves every message of `source` into `target`, then deletes `source`. Nothing routes to it any more
+    (unbound, no consumer, its retries parked), so empty stays empty; a straggler (a dead letter replayed
+    meanwhile) moves too. Not an `if-empty` delete: a quorum queue refuses one, closing the connection."""
+    moved = move(conn, publisher, source, target, restore_expiration)
+    while _channel_call(conn, lambda ch: ch.queue_declare(source, passive=True)).message_count:
+        moved += move(conn, publisher, source, target, restore_expiration)
+    _channel_call(conn, lambda ch: ch.queue_delete(source))
+    return moved
+
+
+def _park_retries(conn, publisher, name):
+    """A work queue's delayed retries expire into it by name, bound or not: they wait in `<name>.retry.migrating`
+    (no dead-letter target) while it moves, and go back once it has (or, after a crash, when the command
+    reaches `<name>.retry`: an unfinished move)."""
+    retry = f"{name}.retry"
+    if not _exists(conn, retry):
+        return
+    park = retry + MIGRATING
+    _channel_call(conn, lambda ch: ch.queue_declare(park, durable=True, auto_delete=False, arguments=dict(QUORUM)))
+    move(conn, publisher, retry, park)
+
+
 def migrate_one(conn, publisher, spec, say=print):
     """Moves one queue to quorum (idempotent; finishes a move a crash interrupted). Returns how many messages
     it put into the new queue."""
@@ -163,16 +187,12 @@ def migrate_one(conn, publisher, spec, say=print):
         return 0
     moved = 0
     if kind == "other":
+        _park_retries(conn, publisher, spec.name)
         _channel_call(conn, lambda ch: ch.queue_declare(temp, durable=True, auto_delete=False,
                                                         arguments=dict(QUORUM)))
         _bind(conn, temp, spec.bindings)
         _bind(conn, spec.name, spec.bindings, unbind=True)
-        move(conn, publisher, spec.name, temp)
-        try:
-            _channel_call(conn, lambda ch: ch.queue_delete(spec.name, if_empty=True))
-        except PreconditionFailed:
-            raise Refused(f"{spec.name} received messages while it was being emptied (a publisher still running?); "
-                          "run again once it is stopped")
+        _empty_and_delete(conn, publisher, spec.name, temp)
         kind = "absent"
     if kind == "absent" and not _exists(conn, temp):
         return 0   # never declared here: its service declares it when it first starts
@@ -181,11 +201,10 @@ def migrate_one(conn, publisher, spec, say=print):
                                                         arguments=spec.arguments))
     _bind(conn, spec.name, spec.bindings)
     _bind(conn, temp, spec.bindings, unbind=True)
-    moved += move(conn, publisher, temp, spec.name, restore_expiration=True)
-    # Quorum queues refuse `if-empty` deletes; nothing routes to this one any more, so empty stays empty.
-    while _channel_call(conn, lambda ch: ch.queue_declare(temp, passive=True)).message_count:
-        moved += move(conn, publisher, temp, spec.name, restore_expiration=True)
-    _channel_call(conn, lambda ch: ch.queue_delete(temp))
+    moved += _empty_and_delete(conn, publisher, temp, spec.name, restore_expiration=True)
+    parked = f"{spec.name}.retry{MIGRATING}"
+    if _exists(conn, parked):
+        _empty_and_delete(conn, publisher, parked, f"{spec.name}.retry", restore_expiration=True)
     say(f"{spec.name}: quorum queue now, {waiting} message(s) were waiting, {moved} moved")
     return moved
 
@@ -219,8 +238,8 @@ def main(argv=None, out=sys.stdout):
         width = max(len(r[0]) for r in rows)
         print(f"{'queue':<{width}}  {'now':<8}  {'waiting':>7}  to do", file=out)
         for name, kind, waiting, _, unfinished in rows:
-            todo = ("finish the move" if unfinished else "move to quorum" if kind == "other" else "-")
-            now = {"other": "classic", "quorum": "quorum", "absent": "absent"}[kind]
+            todo = ("finish the move" if unfinished else "move to quorum, as declared" if kind == "other" else "-")
+            now = {"other": "other", "quorum": "quorum", "absent": "absent"}[kind]
             print(f"{name:<{width}}  {now:<8}  {waiting:>7}  {todo}", file=out)
         return 0
     moved_any = [False]
@@ -234,7 +253,7 @@ def main(argv=None, out=sys.stdout):
         print(f"error: {exc}", file=out)
         return 1
     if moved_any[0] or not args.quiet:
-        print(f"done: every queue is a quorum queue; {sum(moved.values())} message(s) moved", file=out)
+        print(f"done: every queue is a quorum queue, as declared; {sum(moved.values())} message(s) moved", file=out)
     return 0
 
 

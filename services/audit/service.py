@@ -85,7 +85,10 @@ class AuditService(ServiceBase):
         return domain.Thresholds.from_config(self.config)
 
     # -- the ledger ----------------------------------------------------------------------------
-    @consume([(producer, "#") for producer in PRODUCERS])
+    # One pod appends at a time (the broker's single active consumer): the ledger is one hash chain, and
+    # pods taking events from one queue in turn only raced for its head (lag p99 <= 5 s with two pods,
+    # <= 0.25 s with one) and wrote a producer's events out of their queue order. The others stand by.
+    @consume([(producer, "#") for producer in PRODUCERS], single_active=True)
     def record(self, event):
         """Appends every event of every service, once, then brings the read models up to date."""
         return self._append(event)

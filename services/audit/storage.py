@@ -1,12 +1,13 @@
 """The audit service's storage: the ledger (entries + head), checkpoints, the read models built
 from it (facts for reports and reconciliation, dimensions, evidence indexes) and anomalies.
 
-Appending with several pods consuming one queue: the head `{_id: "head", size, hash}` says how
-many entries are chained. An appender inserts the entry keyed by its position (`_id = key(size)`),
-then advances the head with a guard on `size`. Two pods racing for a position: one insert wins,
-the other gets a duplicate key and tries the next position. A crash between the insert and the
-head update leaves an entry one past the head; whoever appends next (or the service at start)
-finds it and advances the head over it (`repair_head`). Positions are gap-free and ordered.
+Appending: the broker gives `audit.record` to one pod at a time, but a pod taking over while the
+last one's writes still land, and the sign-ins each pod collects, append side by side. The head
+`{_id: "head", size, hash}` says how many entries are chained. An appender inserts the entry keyed
+by its position (`_id = key(size)`), then advances the head with a guard on `size`. Two pods racing
+for a position: one insert wins, the other gets a duplicate key and tries the next position. A crash
+between the insert and the head update leaves an entry one past the head; whoever appends next (or
+the service at start) finds it and advances the head over it (`repair_head`). Positions are gap-free and ordered.
 
 What the rules remember (split orders, evidence reuse, claims at the cap, orders per region) is kept
 per key in documents that stop growing: a count and at most KEPT items (the first ones, or the most

@@ -1,7 +1,8 @@
-"""The audit ledger over the real broker and database: every event once, gap-free under two
-pods and under one process's group commits, safe across a crash mid-append, tampering caught and
-named (by the API and by the offline verifier on an export), proofs that verify offline and fail
-when altered; what the rules remember stays bounded."""
+"""The audit ledger over the real broker and database: every event once, in queue order with two
+pods (one appends, the other takes over when it goes), gap-free under one process's group commits,
+safe across a crash mid-append, tampering caught and named (by the API and by the offline verifier
+on an export), proofs that verify offline and fail when altered; what the rules remember stays
+bounded."""
 import json
 
 import eventlet
@@ -54,18 +55,49 @@ def test_every_event_once_in_order_even_when_redelivered_or_malformed(audit, amq
     assert lag_observations(api) == lagged + 4
 
 
-def test_two_pods_on_one_queue_keep_positions_gap_free(audit, container_factory, amqp_uri, service_config):
+def handled_by(container):
+    """The event ids this pod's `record` was handed, in order."""
+    handled, spawn = [], container.spawn_worker
+
+    def counting(entrypoint, args, kwargs, **more):
+        if entrypoint.method_name == "record":
+            handled.append(args[0]["event_id"])
+        return spawn(entrypoint, args, kwargs, **more)
+    container.spawn_worker = counting
+    return handled
+
+
+def test_two_pods_one_appends_in_queue_order_and_the_other_takes_over(audit, container_factory, amqp_uri,
+                                                                       mongo_uri):
     api = audit()
     second = container_factory(AuditService, dict(api.config, WEB_SERVER_ADDRESS="127.0.0.1:0"))
     second.start()
+    pods = {api.container: handled_by(api.container), second: handled_by(second)}
+    db = MongoClient(mongo_uri)[api.config["MONGO_DB"]]
+
+    def ledger_holds(events):
+        def check():
+            stored = list(db.entries.find({}, {"_id": 0}).sort("_id", 1))
+            return {e["event_id"] for e in events} <= {s["event_id"] for s in stored} and stored
+        return eventually(f"the ledger holds the {len(events)} events sent", check)
+
     ev = Events(amqp_uri)
-    enterprises(ev, 60)
-    wait_size(api, 60)
-    items = api.get("/api/v1/audit/entries", limit=500).json()["items"]
-    assert [i["position"] for i in items] == list(range(len(items)))
-    assert {e["event_id"] for e in ev.sent} <= {i["event_id"] for i in items}
-    assert len({i["event_id"] for i in items}) == len(items)
-    assert api.get("/api/v1/audit/verify").json()["ok"] is True
+    enterprises(ev, 40)
+    ledger_holds(ev.sent)
+    active = next(pod for pod, handled in pods.items() if handled)
+    standby = next(pod for pod in pods if pod is not active)
+    assert pods[standby] == [], "the queue was shared: both pods appended"
+    assert pods[active] == [e["event_id"] for e in ev.sent]
+
+    active.stop()                     # its pod goes: the standby takes the queue over
+    enterprises(ev, 40)
+    stored = ledger_holds(ev.sent)
+    assert pods[standby] == [e["event_id"] for e in ev.sent[40:]]
+    sent = {e["event_id"] for e in ev.sent}
+    assert [s["event_id"] for s in stored if s["event_id"] in sent] == [e["event_id"] for e in ev.sent]
+    assert [s["position"] for s in stored] == list(range(len(stored)))
+    assert len({s["event_id"] for s in stored}) == len(stored)
+    assert ledger.verify(stored)[1] == []
 
 
 def test_a_crash_between_the_entry_and_the_head_is_repaired(audit, amqp_uri, monkeypatch, mongo_uri):

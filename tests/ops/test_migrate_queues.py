@@ -42,6 +42,18 @@ def get_all(conn, name):
     return got
 
 
+def consume_all(conn, name):
+    """The bodies in a queue, by a consumer: a queue with a single active consumer refuses basic.get."""
+    channel, got = conn.channel(), []
+    expected = channel.queue_declare(name, passive=True).message_count
+    channel.basic_consume(name, no_ack=True, callback=lambda m: got.append(m.body if isinstance(m.body, bytes)
+                                                                         else m.body.encode()))
+    while len(got) < expected:
+        conn.drain_events(timeout=10)
+    channel.close()
+    return got
+
+
 def is_declared_as(conn, spec):
     channel = conn.channel()
     try:
@@ -129,6 +141,36 @@ def test_a_move_a_crash_interrupted_is_finished_by_running_again(amqp_uri, scrat
         assert migrate_one(conn, publisher, work, say=lambda _: None) == 5
         assert is_declared_as(conn, work) and queue_depth(conn, name + MIGRATING) is None
         assert [body for body, _ in get_all(conn, name)] == [f'{{"n": {n}}}'.encode() for n in range(5)]
+
+
+def test_a_quorum_queue_moves_to_a_single_active_consumer_with_its_messages(amqp_uri, scratch):
+    """audit.record as declared before 4 December 2026 (no single active consumer) to the code's; a delayed
+    retry, which would expire into the work queue while it moves, waits aside and comes back."""
+    name, exchange = scratch
+    key = "migrating.happened"
+    before, after = consumer_queue_arguments(name), consumer_queue_arguments(name, single_active=True)
+    specs = [Spec(name, after[name], [(exchange, key)]), Spec(f"{name}.retry", after[f"{name}.retry"]),
+             Spec(f"{name}.dlq", after[f"{name}.dlq"])]
+    with Connection(amqp_uri, transport_options=CONFIRMED) as conn:
+        exchange(conn.default_channel).declare()
+        for queue, arguments in before.items():
+            Queue(queue, durable=True, queue_arguments=arguments)(conn.default_channel).declare()
+        conn.default_channel.queue_bind(name, exchange.name, key)
+        for n in range(5):
+            publish_raw(amqp_uri, exchange, key, f'{{"n": {n}}}'.encode())
+        conn.Producer().publish(b'{"retry": 1}', exchange="", routing_key=f"{name}.retry", expiration=3600,
+                                headers={"x-ipv-retries": 1}, content_type="application/json")
+        assert [r[1] for r in plan(amqp_uri, specs)] == ["other", "quorum", "quorum"]
+
+        assert run(amqp_uri, specs, say=lambda _: None) == {name: 5, f"{name}.retry": 0, f"{name}.dlq": 0}
+        assert all(is_declared_as(conn, spec) for spec in specs)
+        assert consume_all(conn, name) == [f'{{"n": {n}}}'.encode() for n in range(5)]
+        [(body, props)] = get_all(conn, f"{name}.retry")
+        assert body == b'{"retry": 1}' and props["expiration"] == "3600000"
+        assert props["application_headers"]["x-ipv-retries"] == 1
+        assert queue_depth(conn, name + MIGRATING) is None and queue_depth(conn, f"{name}.retry{MIGRATING}") is None
+        assert [spec.arguments.get("x-single-active-consumer") for spec in planned()
+                if spec.name == "audit.record"] == [True]
 
 
 def test_it_refuses_while_a_service_still_consumes(amqp_uri, scratch):
