@@ -177,8 +177,8 @@ def _park_retries(conn, publisher, name):
 
 
 def migrate_one(conn, publisher, spec, say=print):
-    """Moves one queue to quorum (idempotent; finishes a move a crash interrupted). Returns how many messages
-    it put into the new queue."""
+    """Moves one queue to quorum, as the code declares it (idempotent; finishes a move a crash interrupted).
+    Returns how many messages it put into the new queue."""
     temp = spec.name + MIGRATING
     kind, waiting, consumers = state(conn, spec)
     if consumers:
