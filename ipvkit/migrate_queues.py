@@ -28,6 +28,7 @@ The broker is `$AMQP_URI` or `--amqp-uri`; with a cluster's list of URIs any liv
 """
 import argparse
 import os
+import socket
 import sys
 
 from amqp.exceptions import NotFound, PreconditionFailed
@@ -120,12 +121,35 @@ def _bind(conn, name, bindings, unbind=False):
     _channel_call(conn, run)
 
 
+def _delivered(conn, channel, source, waiting):
+    """The `waiting` messages of `source`, one at a time, by a consumer: a queue with a single active consumer
+    refuses basic.get. Each must be acknowledged before the next comes (prefetch 1). Ends early if the queue
+    runs out (nothing ready for a second); one delivered and not acknowledged then returns to the queue, and
+    the caller's next pass takes it."""
+    arrived = []
+    channel.basic_qos(0, 1, False)
+    tag = channel.basic_consume(source, no_ack=False, callback=arrived.append)
+    try:
+        while waiting:
+            if arrived:
+                waiting -= 1
+                yield arrived.pop(0)
+                continue
+            try:
+                conn.drain_events(timeout=1)
+            except socket.timeout:
+                if not channel.queue_declare(source, passive=True).message_count:
+                    return
+    finally:
+        channel.basic_cancel(tag)
+
+
 def move(conn, publisher, source, target, restore_expiration=False):
     """Every message of `source` into `target`, in order, each acknowledged only once the broker confirmed
     it in `target`. Returns how many."""
     moved, channel = 0, conn.channel()
     try:
-        while (raw := channel.basic_get(source, no_ack=False)) is not None:
+        for raw in _delivered(conn, channel, source, channel.queue_declare(source, passive=True).message_count):
             props = raw.properties
             headers = dict(props.get("application_headers") or {})
             headers.pop("x-delivery-count", None)   # the source quorum queue's own count, not the message's

@@ -144,8 +144,8 @@ def test_a_move_a_crash_interrupted_is_finished_by_running_again(amqp_uri, scrat
 
 
 def test_a_quorum_queue_moves_to_a_single_active_consumer_with_its_messages(amqp_uri, scratch):
-    """audit.record as declared before 4 December 2026 (no single active consumer) to the code's; a delayed
-    retry, which would expire into the work queue while it moves, waits aside and comes back."""
+    """audit.record as declared before 4 December 2026 (no single active consumer) to the code's, and back; a
+    delayed retry, which would expire into the work queue while it moves, waits aside and comes back."""
     name, exchange = scratch
     key = "migrating.happened"
     before, after = consumer_queue_arguments(name), consumer_queue_arguments(name, single_active=True)
@@ -171,6 +171,13 @@ def test_a_quorum_queue_moves_to_a_single_active_consumer_with_its_messages(amqp
         assert queue_depth(conn, name + MIGRATING) is None and queue_depth(conn, f"{name}.retry{MIGRATING}") is None
         assert [spec.arguments.get("x-single-active-consumer") for spec in planned()
                 if spec.name == "audit.record"] == [True]
+
+        # And out of it again (a later change of its arguments): such a queue refuses basic.get.
+        for n in range(3):
+            publish_raw(amqp_uri, exchange, key, f'{{"n": {n}}}'.encode())
+        back = Spec(name, before[name], [(exchange, key)])
+        assert run(amqp_uri, [back], say=lambda _: None) == {name: 3}
+        assert [body for body, _ in get_all(conn, name)] == [f'{{"n": {n}}}'.encode() for n in range(3)]
 
 
 def test_it_refuses_while_a_service_still_consumes(amqp_uri, scratch):
