@@ -86,8 +86,8 @@ class AuditService(ServiceBase):
 
     # -- the ledger ----------------------------------------------------------------------------
     # One pod appends at a time (the broker's single active consumer): the ledger is one hash chain, and
-    # pods taking events from one queue in turn only raced for its head (lag p99 <= 5 s with two pods,
-    # <= 0.25 s with one) and wrote a producer's events out of their queue order. The others stand by.
+    # pods taking events from one queue in turn raced for its head (a third more writes and twice the reads
+    # per entry, bench/README.md) and wrote a producer's events out of their queue order. The others stand by.
     @consume([(producer, "#") for producer in PRODUCERS], single_active=True)
     def record(self, event):
         """Appends every event of every service, once, then brings the read models up to date."""
