@@ -44,7 +44,14 @@ class _Loop(ConsumerMixin):
         channel.basic_qos(0, ep.prefetch, False)
         return [Consumer(queues=[ep.work_queue], on_message=ep.on_message, no_ack=False)]
 
+    def on_connection_revived(self):   # a new connection: not consuming until its queue is declared again
+        self.entrypoint.consuming = False
+
+    def on_consume_ready(self, connection, channel, consumers, **kwargs):
+        self.entrypoint.consuming = True
+
     def on_connection_error(self, exc, interval):
+        self.entrypoint.consuming = False
         log.warning("consumer %s lost the broker (%s); reconnecting in %ss", self.entrypoint.queue_name, exc, interval)
 
 
@@ -57,6 +64,7 @@ class EventConsumer(Entrypoint):
         self.max_retries = max_retries
         self.retry_base_ms = retry_base_ms
         self.loop = None
+        self.consuming = False   # bound and subscribed: readiness (ipvkit.http) waits for it
         self.inflight = set()
         super().__init__(**kwargs)
 

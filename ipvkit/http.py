@@ -31,6 +31,7 @@ from werkzeug.wrappers import Request, Response
 from ipvkit import logs, metrics, strictjson
 from ipvkit.auth import principal_from_header, require_role, verifier_for
 from ipvkit.clock import SystemClock
+from ipvkit.consumer import EventConsumer
 from ipvkit.errors import ApiError, BadRequest, Conflict, PayloadTooLarge, RuleRefused, UnsupportedMediaType
 from ipvkit.schemas import schema_of
 from ipvkit.events import new_event
@@ -427,6 +428,11 @@ class OpsHandler(HttpRequestHandler):
         for dep in self.container.dependencies:  # what else a service cannot work without (object storage)
             if hasattr(dep, "readiness"):
                 checks[dep.readiness_name] = dep.readiness()
+        # The web server answers while the event consumers still declare their queues (nameko starts every
+        # extension at once): until then an event published to the service is not routed to it.
+        consumers = [ep for ep in self.container.entrypoints if isinstance(ep, EventConsumer)]
+        if consumers:
+            checks["events"] = all(consumer.consuming for consumer in consumers)
         return json_response(200 if all(checks.values()) else 503,
                              {"status": "ready" if all(checks.values()) else "not ready", "checks": checks})
 

@@ -74,8 +74,9 @@ def test_kill_9_in_the_middle_of_an_upload_leaves_nothing_half_stored(documents,
             "service_code": "PAT-01", "price_fen": 1_000_000, "subsidy_fen": 500_000, "copay_fen": 500_000,
             "redemption_model": "agency_redeems", "deliver_by": "2026-09-30"})))
     listing = f"{documents.base}/api/v1/documents?order_id={order_id}"
-    # A bound, not a speed demand: as the suite's first test on a new broker and database it waited
-    # longer than 15 s once (the event's first consumer queues were being declared), and 8 s on a rerun.
+    # A bound, not a speed demand. Ready now means its consumer is subscribed: before 4 December /readyz
+    # could answer while the queues were still being declared, and an event published then went unrouted
+    # (this waited 60 s in vain once, as the suite's first test on a new broker).
     wait_until("the order is known", lambda: requests.get(listing, headers=auth(), timeout=5).status_code == 200, 60)
 
     data = samples.pdf(padding=10 << 20)

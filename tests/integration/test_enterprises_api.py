@@ -5,7 +5,9 @@ import pytest
 import requests
 from openapi_spec_validator import validate as validate_openapi
 
+from ipvkit.consumer import EventConsumer
 from services.enterprises.service import EnterprisesService
+from tests.conftest import eventually
 
 pytestmark = pytest.mark.integration
 
@@ -205,8 +207,17 @@ def test_openapi_document_matches_the_real_routes(api):
 
 def test_health_readiness_and_metrics(api):
     assert api("GET", "/healthz", role=None).json() == {"status": "ok"}
-    ready = api("GET", "/readyz", role=None)
-    assert ready.status_code == 200 and ready.json()["checks"] == {"database": True, "broker": True}
+    def readiness():
+        answer = api("GET", "/readyz", role=None)
+        return answer.status_code, answer.json()["checks"]
+    # Ready once its event consumer is subscribed (the web server answers before that), not before.
+    eventually("ready", lambda: readiness()[0] == 200)
+    assert readiness() == (200, {"database": True, "broker": True, "events": True})
+    (consumer,) = [ep for ep in api.container_.entrypoints if isinstance(ep, EventConsumer)]
+    consumer.loop.on_connection_revived()          # as after a reconnect, before its queue is declared again
+    assert readiness() == (503, {"database": True, "broker": True, "events": False})
+    consumer.loop.on_consume_ready(None, None, [])
+    assert readiness()[0] == 200
     register(api)
     metrics = api("GET", "/metrics", role=None).text
     assert 'ipv_http_request_duration_seconds_count{method="POST",route="/api/v1/enterprises",service="enterprises",status="201"}' in metrics

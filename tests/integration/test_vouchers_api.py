@@ -13,7 +13,7 @@ from ipvkit.amqp import consumer_queues
 from ipvkit.clock import FixedClock
 from ipvkit.events import new_event, parse
 from services.vouchers.service import VouchersService
-from tests.conftest import dumps
+from tests.conftest import dumps, eventually
 
 pytestmark = pytest.mark.integration
 
@@ -322,7 +322,8 @@ def test_openapi_document_matches_the_real_routes(vapi):
 
 def test_health_readiness_and_business_metrics(vapi):
     assert vapi("GET", "/healthz", role=None).json() == {"status": "ok"}
-    assert vapi("GET", "/readyz", role=None).json()["checks"] == {"database": True, "broker": True}
+    eventually("ready", lambda: vapi("GET", "/readyz", role=None).status_code == 200)
+    assert vapi("GET", "/readyz", role=None).json()["checks"] == {"database": True, "broker": True, "events": True}
     pid = vapi.world()
     vid = vapi.voucher(pid)["voucher_id"]
     oid = vapi.order(vid).json()["order_id"]
