@@ -126,6 +126,8 @@ def _delivered(conn, channel, source, waiting):
     refuses basic.get. Each must be acknowledged before the next comes (prefetch 1). Ends early if the queue
     runs out (nothing ready for a second); one delivered and not acknowledged then returns to the queue, and
     the caller's next pass takes it."""
+    if not waiting:
+        return   # no consumer to subscribe and cancel for nothing
     arrived = []
     channel.basic_qos(0, 1, False)
     tag = channel.basic_consume(source, no_ack=False, callback=arrived.append)
