@@ -3,7 +3,8 @@ vhost and fresh databases of the local stack, driven over real HTTP by several c
 running the operation table in bench/workload.py; the ceiling of a bare nameko echo (RPC before
 and after the load, @http after), in the same run on the same machine; the database commands of
 one chain pass step by step and per order over the load (each service's `ipv_db_commands_total`);
-the audit lag; then the invariants.
+the CPU every process spent per API operation while loading, and the ceiling that puts on this
+machine; the audit lag; then the invariants.
 
     make bench                                   # or: source var/env && .venv/bin/python -m bench.run
     make bench BENCH_ARGS="--seconds 60 --processes 4 --clients 8 --instances vouchers=2,audit=2"
@@ -359,19 +360,43 @@ def cpu_seconds(launched):
     return found
 
 
-def db_counts(launched):
-    """{(service, kind, access): database commands so far} summed over every instance, from the
-    services' own `ipv_db_commands_total` (kind read/write, access by_id/scan)."""
+def machine_busy_seconds():
+    """CPU seconds every process on the machine has used (all cores), from /proc/stat: what is
+    not idle or waiting for I/O."""
+    with open("/proc/stat") as stat:
+        fields = [int(x) for x in stat.readline().split()[1:]]
+    return (sum(fields[:8]) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")
+
+
+def metric_sum(launched, metric, key):
+    """{key(labels): value} of one counter, summed over every service instance's `/metrics`."""
     from prometheus_client.parser import text_string_to_metric_families
     counts = defaultdict(float)
     for p in launched:
         text = requests.get(f"http://127.0.0.1:{p.port}/metrics", headers={"Accept": "text/plain"}, timeout=10).text
         for family in text_string_to_metric_families(text):
             for sample in family.samples:
-                if sample.name == "ipv_db_commands_total":
-                    labels = sample.labels
-                    counts[(labels["service"], labels["kind"], labels["access"])] += sample.value
+                if sample.name == metric:
+                    counts[key(sample.labels)] += sample.value
     return counts
+
+
+def db_counts(launched):
+    """{(service, kind, access): database commands so far} summed over every instance, from the
+    services' own `ipv_db_commands_total` (kind read/write, access by_id/scan)."""
+    return metric_sum(launched, "ipv_db_commands_total", lambda l: (l["service"], l["kind"], l["access"]))
+
+
+def collection_counts(launched):
+    """{(service, collection, kind): database commands so far}: where the commands go."""
+    return metric_sum(launched, "ipv_db_commands_total", lambda l: (l["service"], l["collection"], l["kind"]))
+
+
+def event_counts(launched):
+    """{"published": events the relays handed to the broker, "consumed": deliveries the consumers
+    took off their queues} so far, over every instance."""
+    return dict(published=metric_sum(launched, "ipv_events_published_total", lambda l: l["outcome"])["published"],
+                consumed=sum(metric_sum(launched, "ipv_events_consumed_total", lambda l: l["outcome"]).values()))
 
 
 def diff(after, before):
@@ -442,6 +467,33 @@ def row(label, samples, seconds, errors=None):
             + (", ".join(f"{k}: {v}" for k, v in sorted((errors or {}).items())) if bad else "0"))
 
 
+def budget(operations, refused, cpu, busy, seconds, events, commands, target=350):
+    """Where the machine's CPU went per API operation while the load ran, and what that allows: the
+    chain's ceiling on this machine is its cores over the CPU one operation costs. Returns the
+    report's lines and its figures."""
+    per = max(operations, 1)
+    figures = {"cpu_ms_per_operation": {part: used / per * 1000 for part, used in cpu.items()},
+               "machine_ms_per_operation": busy / per * 1000, "cores_busy": busy / seconds,
+               "http_requests_per_operation": (operations + refused) / per,
+               "db_commands_per_operation": sum(commands.values()) / per,
+               "ferretdb_us_per_command": cpu.get("FerretDB", 0) / max(sum(commands.values()), 1) * 1e6,
+               "events_published_per_operation": events.get("published", 0) / per,
+               "deliveries_per_operation": events.get("consumed", 0) / per}
+    cores, machine = os.cpu_count(), figures["machine_ms_per_operation"]
+    text = (f"CPU per API operation while loading ({seconds:.0f} s, from /proc): "
+            + ", ".join(f"{part} {ms:.2f} ms" for part, ms in
+                        sorted(figures["cpu_ms_per_operation"].items(), key=lambda kv: -kv[1]))
+            + f"; ours {sum(figures['cpu_ms_per_operation'].values()):.2f} ms, the whole machine {machine:.2f} ms "
+            f"({figures['cores_busy']:.2f} of {cores} cores busy)\n"
+            f"per API operation: {figures['http_requests_per_operation']:.2f} HTTP requests (refused ones included), "
+            f"{figures['db_commands_per_operation']:.1f} database commands (FerretDB "
+            f"{figures['ferretdb_us_per_command']:.0f} µs of CPU each), {figures['events_published_per_operation']:.2f} "
+            f"events published, {figures['deliveries_per_operation']:.2f} deliveries consumed\n"
+            f"so {cores} cores allow about {cores * 1000 / machine:.0f} API operations/s of this mix; {target}/s "
+            f"would need {cores * 1000 / target:.1f} ms of machine per operation")
+    return text, figures
+
+
 HEADER = f"{'operation':<22}{'ok':>8}{'per s':>9}{'p50 ms':>9}{'p95 ms':>9}{'p99 ms':>9}  errors"
 
 
@@ -498,14 +550,19 @@ def main(argv=None):
             stepper = Client(999, routes, signer)   # an id no load client has
             stepper.shared = shared
             steps = chain_steps(stepper, launched, names, stepped)
-        counted = db_counts(launched)
+        counted, by_collection = db_counts(launched), collection_counts(launched)
         profilers = []
         if args.profile:
             profilers = [subprocess.Popen([str(ROOT / ".venv/bin/py-spy"), "record", "--pid", str(p.proc.pid),
                                            "--duration", str(int(args.seconds)), "--output",
                                            str(OUT / f"profile-{p.name}.svg")], stdout=subprocess.DEVNULL,
                                           stderr=subprocess.DEVNULL) for p in launched]
+        cpu_before, busy_before, events_before = cpu_seconds(launched), machine_busy_seconds(), event_counts(launched)
+        db_before, loaded = db_counts(launched), time.monotonic()
         results = fan_out(drive, args.processes, args.clients, args.seconds, routes, signer, shared)
+        loaded = time.monotonic() - loaded   # the window, and the load processes' start and end
+        cpu, busy = diff(cpu_seconds(launched), cpu_before), machine_busy_seconds() - busy_before
+        events, db_loaded = diff(event_counts(launched), events_before), diff(db_counts(launched), db_before)
         window = args.seconds   # each process measures its own window of this length
         for prof in profilers:
             prof.wait()
@@ -533,6 +590,7 @@ def main(argv=None):
         while (pending := workload.pending_outbox(databases)) and time.monotonic() < deadline:
             time.sleep(0.5)
         per_order = diff(db_counts(launched), counted)
+        per_collection = diff(collection_counts(launched), by_collection)
         checker = Client(0, routes, signer)
         checker.shared = shared
         problems = workload.check(checker, made, databases)
@@ -567,6 +625,12 @@ def main(argv=None):
                 print(f"{name:<26}{count_cells(per_order, name, orders)}")
             print(f"{'all services':<26}" + "".join(
                 f"{sum(v for (_, k, a), v in per_order.items() if (k, a) == c) / orders:>12.1f}" for c in COUNT_COLUMNS))
+            top = sorted(per_collection.items(), key=lambda kv: -kv[1])[:10]
+            print("the ten largest, by collection: " + ", ".join(
+                f"{service}.{collection} {kind}s {n / orders:.1f}" for (service, collection, kind), n in top))
+        spent, spent_figures = budget(len(total), sum(sum(v.values()) for v in errors.values()), cpu, busy,
+                                      loaded, events, db_loaded)
+        print(spent)
         if steps:
             print("database commands of one chain pass, step by step (one client, each step settled):")
             print("\n".join(steps))
@@ -581,7 +645,7 @@ def main(argv=None):
                 "errors": errors, "echo_rpc_per_s": rpc_rate, "echo_http_per_s": http_rate,
                 "db_inserts_per_s": len(inserts) / args.echo_seconds, "problems": problems,
                 "db_commands_per_order": {"/".join(k): v / max(orders, 1) for k, v in per_order.items()},
-                "audit_lag_s": lag and {"p50": lag[1], "p99": lag[2]}},
+                "audit_lag_s": lag and {"p50": lag[1], "p99": lag[2]}, **spent_figures},
                 indent=2))
         return 1 if problems else 0
     finally:
