@@ -53,7 +53,7 @@ def main(argv=None):
     client = MongoClient(os.environ.get("MONGO_URI", "mongodb://127.0.0.1:27018/"), tz_aware=True)
     name = f"bench_audit_{uuid.uuid4().hex[:8]}"
     store = SimpleNamespace(db=client[name], append_lock=threading.Lock(), service_name="audit", append_queue=[],
-                            head_cache=None)
+                            head_cache=None, appended={})
     try:
         for collection, models in AuditStore.indexes.items():
             for model in models:

@@ -24,21 +24,23 @@ BATCH = 500
 SAVE_EVERY = 20
 
 
-def run(repo, now, thresholds):
+def run(repo, now, thresholds, fresh=False):
     """Applies every entry not yet applied (up to BATCH per run). Returns how many it applied.
     Takes the lease only when there is work, and one run at a time per process: an append's nudge
-    during a run is picked up by that run, which reads the head again before it stops."""
+    during a run is picked up by that run, which looks at the head again before it stops.
+    After an append the head is known without a read; `fresh` reads it (the timer's runs), so
+    what other pods appended (sign-ins, a takeover) is applied within a tick."""
     held = repo.held_position(now, KEEP_MARGIN)
     position = held if held is not None else repo.projector_position()
-    if position >= repo.head()["size"] or not repo.store.projecting.acquire(blocking=False):
+    if position >= repo.known_size(fresh) or not repo.store.projecting.acquire(blocking=False):
         return 0
     try:
-        return _run(repo, now, thresholds)
+        return _run(repo, now, thresholds, fresh)
     finally:
         repo.store.projecting.release()
 
 
-def _run(repo, now, thresholds):
+def _run(repo, now, thresholds, fresh):
     """The cursor moves every SAVE_EVERY entries and when the run ends: a crash re-applies at most
     that many, which changes nothing. A run stops after RUN_FOR, well inside its lease, so two pods
     never build at once and what it raises is dated close to now. The run ends by keeping the
@@ -53,11 +55,11 @@ def _run(repo, now, thresholds):
     applied, saved, ends = 0, position, started + RUN_FOR.total_seconds()
     facts = []  # of the entries applied since the cursor last moved: inserted together, just before it moves
     try:
-        size = repo.head()["size"]
+        size = repo.known_size(fresh)
         while applied < BATCH and time.monotonic() < ends:
-            if position >= size and position >= (size := repo.head()["size"]):
+            if position >= size and position >= (size := repo.known_size(fresh)):
                 break
-            entry = repo.entry(position)
+            entry = repo.entry_to_project(position)
             if entry is None:  # counted by the head but gone: verification names it; nothing to build from
                 break
             at = now + timedelta(seconds=time.monotonic() - started)  # a flag's time

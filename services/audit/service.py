@@ -127,7 +127,7 @@ class AuditService(ServiceBase):
     @timer(interval=1)
     def project(self):
         """Catches up entries a busy or crashed projector left (the append nudges it first)."""
-        return projector.run(self.store, self.clock.now(), self.thresholds)
+        return projector.run(self.store, self.clock.now(), self.thresholds, fresh=True)
 
     @timer(interval=15)
     def refresh_metrics(self):

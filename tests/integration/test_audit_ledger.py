@@ -4,18 +4,19 @@ safe across a crash mid-append, tampering caught and named (by the API and by th
 on an export), proofs that verify offline and fail when altered; what the rules remember stays
 bounded."""
 import json
+from datetime import datetime, timezone
 
 import eventlet
 import pytest
 from nameko.testing.services import entrypoint_hook
-from pymongo import MongoClient
+from pymongo import MongoClient, monitoring
 
 from ipvkit.amqp import events_exchange
 from services.audit import ledger, verify
 from services.audit.service import AuditService
 from services.audit.storage import AuditRepo, key
 from tests.conftest import dumps, eventually, free_port, publish_raw
-from tests.integration.test_audit_reports import E1, Events, audit  # noqa: F401 - the fixture
+from tests.integration.test_audit_reports import E1, E2, Events, audit  # noqa: F401 - the fixture
 
 pytestmark = pytest.mark.integration
 
@@ -251,54 +252,75 @@ def test_no_checkpoint_is_signed_over_a_tampered_ledger_an_anomaly_is_raised_ins
     assert [a["anomaly_id"] for a in listed] == [flag["anomaly_id"]]        # raised once, not on every try
 
 
+class Commands(monitoring.CommandListener, list):
+    """(command, collection, entries inserted) of every command one process sent."""
+
+    def started(self, event):
+        self.append((event.command_name, event.command.get(event.command_name),
+                     len(event.command.get("documents", ()))))
+
+    def succeeded(self, event):
+        pass
+
+    def failed(self, event):
+        pass
+
+    def count(self, name, collection):
+        return sum(1 for n, c, _ in self if (n, c) == (name, collection))
+
+
 @pytest.fixture
-def repo(mongo_uri):
-    """The service's storage verbs on a scratch database, as one audit process holds them."""
+def pods(mongo_uri):
+    """`pods()`: the service's storage verbs on one scratch database, as one more audit process holds
+    them (its own connection, group commit, head, projector cursor and lease), with the commands it sent."""
     from types import SimpleNamespace
     from uuid import uuid4
 
     from eventlet.semaphore import Semaphore
 
-    from pymongo import monitoring
-
     from services.audit.storage import AuditStore
+    name, clients = f"test_audit_{uuid4().hex[:10]}", []
 
-    class Inserts(monitoring.CommandListener, list):
-        def started(self, event):
-            if event.command_name == "insert" and event.command["insert"] == "entries":
-                self.append(len(event.command["documents"]))
+    def pod():
+        commands = Commands()
+        clients.append(MongoClient(mongo_uri, tz_aware=True, event_listeners=[commands]))
+        db = clients[-1][name]
+        if len(clients) == 1:
+            for collection, models in AuditStore.indexes.items():
+                for model in models:
+                    db[collection].create_indexes([model])
+        store = SimpleNamespace(db=db, append_lock=Semaphore(), append_queue=[], head_cache=None, appended={},
+                                projecting=Semaphore(), projector_id=uuid4().hex, dims={}, dims_position=None,
+                                lease_until=None)
+        repo = AuditRepo(store)
+        repo.commands = commands
+        return repo
+    yield pod
+    clients[0].drop_database(name)
 
-        def succeeded(self, event):
-            pass
 
-        def failed(self, event):
-            pass
-    inserts = Inserts()
-    client = MongoClient(mongo_uri, tz_aware=True, event_listeners=[inserts])
-    db = client[f"test_audit_{uuid4().hex[:10]}"]
-    for collection, models in AuditStore.indexes.items():
-        for model in models:
-            db[collection].create_indexes([model])
-    repo = AuditRepo(SimpleNamespace(db=db, append_lock=Semaphore(), append_queue=[], head_cache=None))
-    repo.inserts = inserts   # entries per insert command sent
-    yield repo
-    client.drop_database(db.name)
+@pytest.fixture
+def repo(pods):
+    return pods()
+
+
+def registered(count, now, enterprise_id=E1, region="350102"):
+    from ipvkit.events import new_event
+    return [new_event(type="enterprise.registered", producer="enterprises", aggregate_id=f"e{n}", sequence=1,
+                      actor={"role": "officer", "id": "o1"}, now=now,
+                      data={"enterprise_id": enterprise_id, "name": f"企业{n}", "region": region, "industry": "C34",
+                            "size": "small"}) for n in range(count)]
 
 
 def test_concurrent_appends_of_one_process_are_committed_together_gap_free_and_once(repo):
     # 40 workers append at once, two of them the same event (a redelivery): the ones queued while
     # another wrote go in together, and the ledger holds each event once, in a chain that verifies.
-    from datetime import datetime, timezone
-
-    from ipvkit.events import new_event
     now = datetime.now(timezone.utc)
-    events = [new_event(type="enterprise.registered", producer="enterprises", aggregate_id=f"e{n}", sequence=1,
-                        actor={"role": "officer", "id": "o1"}, now=now,
-                        data={"enterprise_id": E1, "name": f"企业{n}", "region": "350102", "industry": "C34",
-                              "size": "small"}) for n in range(39)]
+    events = registered(39, now)
     results = list(eventlet.GreenPool(40).imap(lambda e: repo.append(e, now), events + [events[7]]))
     assert sum(appended for _, appended in results) == 39
-    assert max(repo.inserts) > 1 and len(repo.inserts) < 39     # group commits, not one insert an event
+    inserts = [n for name, collection, n in repo.commands if (name, collection) == ("insert", "entries")]
+    assert max(inserts) > 1 and len(inserts) < 39     # group commits, not one insert an event
     assert results[7][0]["position"] == results[-1][0]["position"]       # the repeat found its entry
     entries = [{k: e[k] for k in ("position", "event", "prev_hash", "hash")} for e in repo.iter_entries()]
     assert [e["position"] for e in entries] == list(range(39)) and repo.head()["size"] == 39
@@ -317,3 +339,28 @@ def test_what_the_rules_remember_stays_small(repo):
     assert repo.tally("evidence", "invoice_no:INV-1", 49, {"position": 49})[0] == 50
     doc = repo.db["tallies"].find_one({"_id": "evidence:invoice_no:INV-1"})
     assert len(doc["items"]) == 20
+
+
+def test_the_projector_applies_what_its_pod_appended_without_reading_it_back(pods):
+    # After each append the pod knows the head and holds the entry, so its projector reads neither
+    # back (they were a read each per entry, a fifth of the chain's database commands). Entries
+    # another pod appended (its sign-ins, or a takeover) are read, by the timer's run within a tick.
+    from services.audit import projector
+    from services.audit.domain import Thresholds
+    now, rules = datetime.now(timezone.utc), Thresholds()
+    one, other = pods(), pods()
+    events = registered(30, now)
+    for event in events:
+        one.append(event, now)
+        projector.run(one, now, rules)
+    assert one.commands.count("find", "entries") == 0
+    assert one.commands.count("find", "ledger_meta") <= 2     # the head at the first append, the cursor at the first run
+    assert one.projector_position() == 30
+    assert one.db.enterprises.find_one({"_id": E1})["region"] == "350102"
+
+    other.append(registered(1, now, E2, "310115")[0], now)    # another pod's append, unseen by the head `one` knows
+    assert projector.run(one, now, rules) == 0
+    assert projector.run(one, now, rules, fresh=True) == 1     # the timer's run reads the head, then the entry
+    assert one.commands.count("find", "entries") == 1
+    assert one.projector_position() == 31 and one.db.enterprises.find_one({"_id": E2})["region"] == "310115"
+    assert len(one.store.appended) == 0                        # what it applied, it let go
