@@ -307,9 +307,9 @@ def fan_out(fn, processes, *args):
         pool.join()
 
 
-def audit_lag(launched):
-    """(ledger entries, p50, p99 upper bounds in s) from the audit instances' own
-    `ipv_audit_lag_seconds` histogram (event occurred_at -> appended), or None without audit."""
+def audit_lag(launched, metric="ipv_audit_lag_seconds"):
+    """(ledger entries, p50, p99 upper bounds in s, the share in each bucket) from the audit
+    instances' own histogram `metric` (by default event occurred_at -> appended), or None without audit."""
     from prometheus_client.parser import text_string_to_metric_families
     buckets, entries, found = defaultdict(float), 0, False
     for p in launched:
@@ -319,11 +319,11 @@ def audit_lag(launched):
         text = requests.get(f"http://127.0.0.1:{p.port}/metrics", timeout=10).text
         for family in text_string_to_metric_families(text):
             for sample in family.samples:
-                if sample.name == "ipv_audit_lag_seconds_bucket":
+                if sample.name == f"{metric}_bucket":
                     buckets[float(sample.labels["le"])] += sample.value
                 elif sample.name == "ipv_audit_ledger_entries":
                     entries = max(entries, sample.value)
-    if not found or not buckets:
+    if not found or not buckets or not buckets[float("inf")]:
         return None
     total = buckets[float("inf")]
 
@@ -589,6 +589,9 @@ def main(argv=None):
         deadline = time.monotonic() + 60
         while (pending := workload.pending_outbox(databases)) and time.monotonic() < deadline:
             time.sleep(0.5)
+        deadline = time.monotonic() + 120   # the read models, so their lag counts every entry
+        while (unprojected := workload.unprojected(databases)) and time.monotonic() < deadline:
+            time.sleep(0.5)
         per_order = diff(db_counts(launched), counted)
         per_collection = diff(collection_counts(launched), by_collection)
         checker = Client(0, routes, signer)
@@ -596,6 +599,8 @@ def main(argv=None):
         problems = workload.check(checker, made, databases)
         if pending:
             problems.append(f"{pending} documents still hold unpublished events after 60 s")
+        if unprojected:
+            problems.append(f"{unprojected} ledger entries still not applied to the audit read models after 120 s")
 
         print(HEADER)
         total = []
@@ -617,6 +622,10 @@ def main(argv=None):
         if lag:
             print(f"audit: {lag[0]} ledger entries; lag (occurred_at -> appended) p50 <= {lag[1]} s, "
                   f"p99 <= {lag[2]} s (bucket bounds of ipv_audit_lag_seconds; {lag[3]})")
+        projected = audit_lag(launched, "ipv_audit_projection_lag_seconds")
+        if projected:
+            print(f"audit read models (red flags, reports): appended -> applied p50 <= {projected[1]} s, "
+                  f"p99 <= {projected[2]} s (ipv_audit_projection_lag_seconds; {projected[3]})")
         orders = len(samples.get("order", ()))
         if orders:
             print(f"database commands per order placed (the whole mix over the window and the drain, "
@@ -645,7 +654,8 @@ def main(argv=None):
                 "errors": errors, "echo_rpc_per_s": rpc_rate, "echo_http_per_s": http_rate,
                 "db_inserts_per_s": len(inserts) / args.echo_seconds, "problems": problems,
                 "db_commands_per_order": {"/".join(k): v / max(orders, 1) for k, v in per_order.items()},
-                "audit_lag_s": lag and {"p50": lag[1], "p99": lag[2]}, **spent_figures},
+                "audit_lag_s": lag and {"p50": lag[1], "p99": lag[2]},
+                "audit_projection_lag_s": projected and {"p50": projected[1], "p99": projected[2]}, **spent_figures},
                 indent=2))
         return 1 if problems else 0
     finally:

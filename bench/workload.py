@@ -176,6 +176,14 @@ def check(ctx, made, databases):
     return problems
 
 
+def unprojected(databases):
+    """Ledger entries the audit projector has not applied yet (0 without audit)."""
+    if "audit" not in databases:
+        return 0
+    meta = {d["_id"]: d for d in databases["audit"]["ledger_meta"].find({"_id": {"$in": ["head", "projector"]}})}
+    return meta.get("head", {}).get("size", 0) - meta.get("projector", {}).get("position", 0)
+
+
 def pending_outbox(databases):
     """Documents whose events are not published yet, over every service's outbox collections."""
     from ipvkit.deadletters import services

@@ -8,7 +8,7 @@ holds the cursor's lease, so rules see the ledger in its own order whatever pod 
 """
 import logging
 import time
-from datetime import timedelta
+from datetime import timedelta, timezone
 
 from ipvkit.events import new_event
 from services.audit import domain, metrics
@@ -41,45 +41,52 @@ def run(repo, now, thresholds, fresh=False):
 
 
 def _run(repo, now, thresholds, fresh):
-    """The cursor moves every SAVE_EVERY entries and when the run ends: a crash re-applies at most
-    that many, which changes nothing. A run stops after RUN_FOR, well inside its lease, so two pods
-    never build at once and what it raises is dated close to now. The run ends by keeping the
-    lease (the same write as the cursor's), so while entries keep coming the next run in this
-    process claims nothing; idle for a lease, it lapses, and a stopping service lets it go."""
+    """Applies entries SAVE_EVERY at a time: what they change is written, and the cursor moved,
+    after each such chunk and when the run ends (an entry that fails to apply stops the run after
+    the ones before it are saved); a crash re-applies at most a chunk, which changes nothing. A
+    save that fails, or finds another pod took the cursor, ends the run with the cursor where it
+    was. A run stops after RUN_FOR, well inside its lease, so two pods never build at once and
+    what it raises is dated close to now. The run ends by keeping the lease (the same write as
+    the cursor's), so while entries keep coming the next run in this process claims nothing; idle
+    for a lease, it lapses, and a stopping service lets it go."""
     position = repo.held_position(now, KEEP_MARGIN)
     if position is None:
         position = repo.claim_projector(now, LEASE)
     if position is None:
         return 0
     started = time.monotonic()
-    applied, saved, ends = 0, position, started + RUN_FOR.total_seconds()
-    facts = []  # of the entries applied since the cursor last moved: inserted together, just before it moves
-    try:
-        size = repo.known_size(fresh)
-        while applied < BATCH and time.monotonic() < ends:
-            if position >= size and position >= (size := repo.known_size(fresh)):
-                break
-            entry = repo.entry_to_project(position)
-            if entry is None:  # counted by the head but gone: verification names it; nothing to build from
-                break
-            at = now + timedelta(seconds=time.monotonic() - started)  # a flag's time
-            facts += apply(repo, entry, at, thresholds)
-            position += 1
-            applied += 1
-            if position - saved >= SAVE_EVERY:
-                repo.add_facts(facts)
-                facts = []
-                repo.keep_projector(now, saved, position, LEASE)
-                saved = position
-    finally:
-        repo.add_facts(facts)
-        repo.keep_projector(now, saved, position, LEASE)
+    applied, ends, size = 0, started + RUN_FOR.total_seconds(), repo.known_size(fresh)
+    kept, more = True, True
+    while kept and more:
+        saved, facts = position, []
+        try:
+            while position - saved < SAVE_EVERY:
+                if applied >= BATCH or time.monotonic() >= ends or (
+                        position >= size and position >= (size := repo.known_size(fresh))):
+                    more = False
+                    break
+                entry = repo.entry_to_project(position)
+                if entry is None:  # counted by the head but gone: verification names it; nothing to build from
+                    more = False
+                    break
+                at = now + timedelta(seconds=time.monotonic() - started)  # a flag's time
+                facts += apply(repo, entry, at, thresholds)
+                metrics.PROJECTION_LAG.observe(max((at - _utc(entry["appended_at"])).total_seconds(), 0))
+                position += 1
+                applied += 1
+        finally:
+            kept = repo.save_projection(facts, now, saved, position, LEASE)
     return applied
 
 
+def _utc(moment):
+    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
+
+
 def apply(repo, entry, now, thresholds):
-    """Applies one entry's dimensions, tallies and flags, and returns its facts for the caller to
-    insert (with those of the entries around it, in one write)."""
+    """Applies one entry's dimensions, tallies and flags, and returns its facts. Flags are stored
+    at once; facts, dimensions and tallies are written with those of the entries around it
+    (`save_projection`)."""
     event = dict(entry["event"], _position=entry["position"])
     data, kind, position = event["data"], event["type"], entry["position"]
     programme = repo.dimension(PROGRAMMES, data["programme_id"]) if "programme_id" in data else {}

@@ -131,7 +131,9 @@ class AuditService(ServiceBase):
 
     @timer(interval=15)
     def refresh_metrics(self):
-        metrics.LEDGER_ENTRIES.set(self.store.head()["size"])
+        size = self.store.head()["size"]
+        metrics.LEDGER_ENTRIES.set(size)
+        metrics.PROJECTOR_BEHIND.set(max(size - self.store.projector_position(), 0))
 
     @api("GET", "/api/v1/audit/head", roles=READERS, response=s.HeadOut, summary="How many entries the ledger holds, and the last hash")
     def head(self, call):

@@ -18,7 +18,7 @@ import uuid
 from datetime import datetime, timezone
 
 from eventlet.semaphore import Semaphore
-from pymongo import ASCENDING, IndexModel, ReturnDocument
+from pymongo import ASCENDING, IndexModel, InsertOne, UpdateOne
 from pymongo.errors import BulkWriteError, DuplicateKeyError, PyMongoError
 
 from ipvkit.storage import MongoStore, Repo
@@ -37,6 +37,11 @@ LEASE_GONE = datetime(1970, 1, 1, tzinfo=timezone.utc)
 DIMENSIONS = ("programme", "region", "tier", "service_code", "agency", "month")
 KEPT = 20  # items a remembered key keeps: evidence enough for a flag, a document that stays small
 APPENDED_KEPT = 2000  # entries this process appended and its projector has not applied yet, kept in memory
+READ_MODELS_KEPT = 50_000  # dimensions and tallies remembered by the projector; past that it starts afresh
+
+
+class ProjectionConflict(Exception):
+    """The read models were changed by someone other than this process's projector."""
 
 
 def key(position):
@@ -242,7 +247,7 @@ class AuditRepo(Repo):
             except DuplicateKeyError:
                 return None  # another pod holds the lease
         if before.get("owner") != store.projector_id or before["position"] != store.dims_position:
-            store.dims.clear()
+            self.forget_read_models()
         store.dims_position, store.lease_until = before["position"], now + lease
         return before["position"]
 
@@ -254,6 +259,18 @@ class AuditRepo(Repo):
             return store.dims_position
         return None
 
+    def save_projection(self, facts, now, position, to, lease):
+        """Writes what applying the entries from `position` to `to` changed (dimensions and tallies,
+        each key once, then the facts), then moves the cursor: see `keep_projector`. A write that
+        fails leaves the cursor where it was, and the entries are applied again from there."""
+        try:
+            self.write_read_models()
+            self.add_facts(facts)
+        except (PyMongoError, ProjectionConflict):
+            self.forget_read_models()
+            raise
+        return self.keep_projector(now, position, to, lease)
+
     def keep_projector(self, now, position, to, lease):
         """Moves the cursor from `position` to `to` and extends this process's lease, in one write:
         while entries keep coming, each run needs no claim of its own. False, and the lease
@@ -263,10 +280,17 @@ class AuditRepo(Repo):
                                         {"$set": {"position": to, "lease_until": now + lease}})
         if done.matched_count:
             store.dims_position, store.lease_until = to, now + lease
+            if len(store.dims) > READ_MODELS_KEPT:
+                store.dims.clear()
             return True
         store.lease_until = None
-        store.dims.clear()
+        self.forget_read_models()
         return False
+
+    def forget_read_models(self):
+        """Drops what this process remembers of the read models (it may no longer be what is stored)."""
+        self.store.dims.clear()
+        self.store.unwritten.clear()
 
     def release_projector(self):
         """Lets a kept lease go (the service is stopping), so another pod builds at once."""
@@ -280,18 +304,47 @@ class AuditRepo(Repo):
         doc = self.db[META].find_one({"_id": PROJECTOR})
         return doc["position"] if doc else 0
 
-    # -- dimensions (what later events are grouped by) -----------------------------------------
+    # -- dimensions and tallies: read once, written once per save ----------------------------
+    # Only the pod holding the cursor's lease writes them, in ledger order, so while it holds it
+    # what it remembers is what is stored, plus what it has not written yet (`unwritten`). A run
+    # writes each changed key once per save (SAVE_EVERY entries), not once per entry: the
+    # projector keeps up with the appends instead of waiting on a round trip per rule.
     def dimension(self, collection, key):
         cached = self.store.dims.get((collection, key))
         if cached is None:
-            cached = self.store.dims[(collection, key)] = self.db[collection].find_one({"_id": key}) or {}
+            cached = self.db[collection].find_one({"_id": key}) or {}
+            unwritten = self.store.unwritten.get((collection, key))
+            if unwritten is not None:
+                cached = {**cached, **unwritten[0], "_id": key}
+            self.store.dims[(collection, key)] = cached
         return cached
 
     def set_dimension(self, collection, key, values):
-        self.db[collection].update_one({"_id": key}, {"$set": values}, upsert=True)
+        unwritten = self.store.unwritten.setdefault((collection, key), [{}, None])
+        unwritten[0].update(values)
         cached = self.store.dims.get((collection, key))
         if cached is not None:
-            self.store.dims[(collection, key)] = dict(cached, _id=key, **values)
+            self.store.dims[(collection, key)] = {**cached, **values, "_id": key}
+
+    def write_read_models(self):
+        """One bulk write per collection. A tally is written only if its count is still the one this
+        process read or wrote last: were another writer to count meanwhile (the lease rules that
+        out), the save fails instead of losing their count."""
+        unwritten, writes, guarded = self.store.unwritten, {}, 0
+        for (collection, key_), (values, stored_n) in unwritten.items():
+            if collection != TALLIES:
+                op = UpdateOne({"_id": key_}, {"$set": values}, upsert=True)
+            elif stored_n == 0:
+                op = InsertOne(values)   # a second insert of a key fails on its `_id`
+            else:
+                op, guarded = UpdateOne({"_id": key_, "n": stored_n},
+                                        {"$set": {k: v for k, v in values.items() if k != "_id"}}), guarded + 1
+            writes.setdefault(collection, []).append(op)
+        for collection, ops in writes.items():
+            done = self.db[collection].bulk_write(ops, ordered=False)
+            if collection == TALLIES and done.matched_count < guarded:
+                raise ProjectionConflict(f"{guarded - done.matched_count} tallies were changed by another writer")
+        unwritten.clear()
 
     # -- facts ---------------------------------------------------------------------------------
     def add_facts(self, facts):
@@ -313,25 +366,20 @@ class AuditRepo(Repo):
         """Counts the entry at `position` under the rule's `key_` once and keeps `item` among the
         key's first KEPT items, or with `recent` among its last KEPT (a ring). Returns (count, items
         in ledger order). Re-applying an entry (positions only grow under the projector) changes nothing."""
-        coll, key_ = self.db[TALLIES], f"{rule}:{key_}"
-        while True:
-            doc = coll.find_one({"_id": key_})
-            if doc is not None and doc["last"] >= position:
-                return doc["n"], self._items(doc)
-            n = doc["n"] if doc else 0
-            slot = n % KEPT if recent else n
-            if doc is None:
-                try:
-                    coll.insert_one({"_id": key_, "n": 1, "last": position, "items": {"0": item} if item else {}})
-                    return 1, [item] if item else []
-                except DuplicateKeyError:
-                    continue  # another projector run counted it first
-            update = {"$inc": {"n": 1}, "$set": {"last": position}}
-            if item and slot < KEPT:
-                update["$set"][f"items.{slot}"] = item
-            done = coll.find_one_and_update({"_id": key_, "n": n}, update, return_document=ReturnDocument.AFTER)
-            if done is not None:
-                return done["n"], self._items(done)
+        key_ = f"{rule}:{key_}"
+        doc = self.dimension(TALLIES, key_)
+        if doc and doc["last"] >= position:
+            return doc["n"], self._items(doc)
+        n = doc.get("n", 0)
+        slot = n % KEPT if recent else n
+        items = dict(doc.get("items", {}))
+        if item and slot < KEPT:
+            items[str(slot)] = item
+        counted = {"_id": key_, "n": n + 1, "last": position, "items": items}
+        unwritten = self.store.unwritten.setdefault((TALLIES, key_), [None, n])  # n: the count stored
+        unwritten[0] = counted
+        self.store.dims[(TALLIES, key_)] = counted
+        return counted["n"], self._items(counted)
 
     @staticmethod
     def _items(doc):
@@ -402,7 +450,8 @@ class AuditStore(MongoStore):
         self.appended = {}             # position -> entry this process inserted, until its projector applies it
         self.projecting = Semaphore()
         self.projector_id = uuid.uuid4().hex
-        self.dims, self.dims_position = {}, None   # dimensions read while this process held the cursor
+        self.dims, self.dims_position = {}, None   # dimensions and tallies as this process's projector left them
+        self.unwritten = {}            # (collection, key) -> [what to write, the tally's stored count]
         self.lease_until = None        # until when this process holds the projector's lease, if it does
 
     def start(self):

@@ -54,6 +54,10 @@ def test_every_event_once_in_order_even_when_redelivered_or_malformed(audit, amq
                                                      "problems": []}
     assert "ipv_audit_ledger_entries 4.0" in api.get("/metrics").text
     assert lag_observations(api) == lagged + 4
+    eventually("the read models hold all 4", lambda: api.get("/api/v1/audit/head").json()["projected"] == 4)
+    with entrypoint_hook(api.container, "refresh_metrics") as hook:
+        hook()
+    assert "ipv_audit_projector_behind_entries 0.0" in api.get("/metrics").text
 
 
 def handled_by(container):
@@ -289,7 +293,7 @@ def pods(mongo_uri):
             for collection, models in AuditStore.indexes.items():
                 for model in models:
                     db[collection].create_indexes([model])
-        store = SimpleNamespace(db=db, append_lock=Semaphore(), append_queue=[], head_cache=None, appended={},
+        store = SimpleNamespace(db=db, append_lock=Semaphore(), append_queue=[], head_cache=None, appended={}, unwritten={},
                                 projecting=Semaphore(), projector_id=uuid4().hex, dims={}, dims_position=None,
                                 lease_until=None)
         repo = AuditRepo(store)
@@ -336,9 +340,26 @@ def test_what_the_rules_remember_stays_small(repo):
         _, recent = repo.tally("split", "E|A|PAT-01", position, {"position": position}, recent=True)
     assert count == 50 and [i["position"] for i in first] == list(range(20))
     assert [i["position"] for i in recent] == list(range(30, 50))
+    repo.write_read_models()
+    repo.forget_read_models()                  # read back from the database
     assert repo.tally("evidence", "invoice_no:INV-1", 49, {"position": 49})[0] == 50
     doc = repo.db["tallies"].find_one({"_id": "evidence:invoice_no:INV-1"})
-    assert len(doc["items"]) == 20
+    assert doc["n"] == 50 and len(doc["items"]) == 20
+
+
+def test_a_tally_is_not_overwritten_when_someone_else_changed_it(repo):
+    # Only the projector's lease holder writes tallies, and it writes what it remembers; were
+    # anyone else to count meanwhile, the write fails rather than lose their count.
+    from services.audit.storage import ProjectionConflict
+    repo.tally("evidence", "invoice_no:INV-1", 0, {"position": 0})
+    repo.write_read_models()
+    repo.db["tallies"].update_one({"_id": "evidence:invoice_no:INV-1"}, {"$set": {"n": 5, "last": 4}})
+    assert repo.tally("evidence", "invoice_no:INV-1", 5, {"position": 5})[0] == 2     # from what it remembers
+    with pytest.raises(ProjectionConflict):
+        repo.write_read_models()
+    assert repo.db["tallies"].find_one({"_id": "evidence:invoice_no:INV-1"})["n"] == 5
+    repo.forget_read_models()
+    assert repo.tally("evidence", "invoice_no:INV-1", 5, {"position": 5})[0] == 6
 
 
 def test_the_projector_applies_what_its_pod_appended_without_reading_it_back(pods):
@@ -355,6 +376,8 @@ def test_the_projector_applies_what_its_pod_appended_without_reading_it_back(pod
         projector.run(one, now, rules)
     assert one.commands.count("find", "entries") == 0
     assert one.commands.count("find", "ledger_meta") <= 2     # the head at the first append, the cursor at the first run
+    assert one.commands.count("update", "enterprises") == 30   # a run per append here: a save each
+    assert one.projector_position() == 30
     assert one.projector_position() == 30
     assert one.db.enterprises.find_one({"_id": E1})["region"] == "350102"
 
@@ -364,3 +387,11 @@ def test_the_projector_applies_what_its_pod_appended_without_reading_it_back(pod
     assert one.commands.count("find", "entries") == 1
     assert one.projector_position() == 31 and one.db.enterprises.find_one({"_id": E2})["region"] == "310115"
     assert len(one.store.appended) == 0                        # what it applied, it let go
+
+    # All 31 again, in one run, as a pod taking over would (the lease lapsed, the cursor elsewhere):
+    # each changed key is written once per SAVE_EVERY (20) entries, not once per entry.
+    one.db.ledger_meta.update_one({"_id": "projector"}, {"$set": {"position": 0, "lease_until": now}})
+    one.store.lease_until, before = None, one.commands.count("update", "enterprises")
+    assert projector.run(one, now, rules, fresh=True) == 31
+    assert one.commands.count("update", "enterprises") - before == 2     # 0-19: E1; 20-30: E1 and E2 together
+    assert one.db.enterprises.find_one({"_id": E2})["region"] == "310115"

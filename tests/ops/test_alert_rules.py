@@ -36,7 +36,8 @@ def test_every_alert_has_a_firing_and_a_quiet_promtool_test():
             (fired if check["exp_alerts"] else quiet).add(check["alertname"])
     names = {rule["alert"] for rule in alerts()}
     assert names == {"ServiceDown", "HighErrorRatio", "OutboxBacklogGrowing", "DeadLettersPresent", "DeadLettering",
-                     "ConsumerLag", "ProgrammeBudgetLow", "AuditLedgerTampered", "DocumentStorageErrors"}
+                     "ConsumerLag", "ProgrammeBudgetLow", "AuditLedgerTampered", "AuditReadModelsBehind",
+                     "DocumentStorageErrors"}
     assert names <= fired and names <= quiet
     assert "SUCCESS" in promtool("test", "rules", str(RULE_TESTS))
 
