@@ -280,6 +280,7 @@ def pods(mongo_uri):
     from types import SimpleNamespace
     from uuid import uuid4
 
+    from eventlet.greenpool import GreenPool
     from eventlet.semaphore import Semaphore
 
     from services.audit.storage import AuditStore
@@ -295,7 +296,7 @@ def pods(mongo_uri):
                     db[collection].create_indexes([model])
         store = SimpleNamespace(db=db, append_lock=Semaphore(), append_queue=[], head_cache=None, appended={}, unwritten={},
                                 projecting=Semaphore(), projector_id=uuid4().hex, dims={}, dims_position=None,
-                                lease_until=None)
+                                lease_until=None, prefetch_pool=GreenPool(4))
         repo = AuditRepo(store)
         repo.commands = commands
         return repo
@@ -345,6 +346,17 @@ def test_what_the_rules_remember_stays_small(repo):
     assert repo.tally("evidence", "invoice_no:INV-1", 49, {"position": 49})[0] == 50
     doc = repo.db["tallies"].find_one({"_id": "evidence:invoice_no:INV-1"})
     assert doc["n"] == 50 and len(doc["items"]) == 20
+
+
+def test_a_chunks_dimensions_are_read_once_ahead_and_keep_what_is_not_written_yet(repo):
+    repo.db.vouchers.insert_many([{"_id": f"v{n}", "tier": "A", "programme": "P1"} for n in range(10)])
+    repo.set_dimension("vouchers", "v3", {"tier": "B"})             # changed by an entry, not written yet
+    before = repo.commands.count("find", "vouchers")
+    repo.prefetch([("vouchers", f"v{n}") for n in range(10)] + [("vouchers", "v0"), ("vouchers", "new")])
+    assert repo.commands.count("find", "vouchers") - before == 11     # each key once
+    assert repo.dimension("vouchers", "v3") == {"_id": "v3", "tier": "B", "programme": "P1"}
+    assert repo.dimension("vouchers", "v0")["tier"] == "A" and repo.dimension("vouchers", "new") == {}
+    assert repo.commands.count("find", "vouchers") - before == 11     # then from memory
 
 
 def test_a_tally_is_not_overwritten_when_someone_else_changed_it(repo):
