@@ -48,7 +48,8 @@ def _run(repo, now, thresholds, fresh):
     was. A run stops after RUN_FOR, well inside its lease, so two pods never build at once and
     what it raises is dated close to now. The run ends by keeping the lease (the same write as
     the cursor's), so while entries keep coming the next run in this process claims nothing; idle
-    for a lease, it lapses, and a stopping service lets it go."""
+    for a lease, it lapses, and a stopping service lets it go. A pod that applied entries another
+    pod appended lets it go at once, so the cursor goes to the pod that appends."""
     position = repo.held_position(now, KEEP_MARGIN)
     if position is None:
         position = repo.claim_projector(now, LEASE)
@@ -78,6 +79,8 @@ def _run(repo, now, thresholds, fresh):
                 applied += 1
         finally:
             kept = repo.save_projection(facts, now, saved, position, LEASE)
+    if kept and applied and not repo.projects_own_appends():
+        repo.release_projector()   # the appending pod's next nudge takes the cursor, and reads nothing back
     return applied
 
 

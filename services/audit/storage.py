@@ -178,8 +178,17 @@ class AuditRepo(Repo):
             del appended[next(iter(appended))]
 
     def entry_to_project(self, position):
-        """The entry at `position`: as this process inserted it, else as stored."""
-        return self.store.appended.pop(position, None) or self.entry(position)
+        """The entry at `position`: as this process inserted it, else as stored. Remembers which, for
+        `projects_own_appends`."""
+        entry = self.store.appended.pop(position, None)
+        self.store.projected_own = entry is not None
+        return entry or self.entry(position)
+
+    def projects_own_appends(self):
+        """Whether the last entry this process's projector applied was one it had appended itself.
+        The pod that appends (one at a time consumes `audit.record`) projects from memory; another
+        pod that holds the cursor reads every entry back, so it lets the lease go after each run."""
+        return self.store.projected_own
 
     def known_size(self, fresh=False):
         """The ledger's size as this process's last append left the head, without a read; `fresh`
@@ -250,6 +259,8 @@ class AuditRepo(Repo):
                 return None  # another pod holds the lease
         if before.get("owner") != store.projector_id or before["position"] != store.dims_position:
             self.forget_read_models()
+        for applied in [p for p in store.appended if p < before["position"]]:   # another pod applied them
+            del store.appended[applied]
         store.dims_position, store.lease_until = before["position"], now + lease
         return before["position"]
 
@@ -295,7 +306,8 @@ class AuditRepo(Repo):
         self.store.unwritten.clear()
 
     def release_projector(self):
-        """Lets a kept lease go (the service is stopping), so another pod builds at once."""
+        """Lets a kept lease go (the service is stopping, or another pod appends), so another pod
+        builds at once."""
         store = self.store
         if store.lease_until is not None:
             self.db[META].update_one({"_id": PROJECTOR, "owner": store.projector_id},
@@ -466,6 +478,7 @@ class AuditStore(MongoStore):
         self.append_queue = []         # events waiting for the next group commit
         self.head_cache = None         # the head as this process's last append left it
         self.appended = {}             # position -> entry this process inserted, until its projector applies it
+        self.projected_own = False     # whether the last entry projected here came from `appended`
         self.projecting = Semaphore()
         self.projector_id = uuid.uuid4().hex
         self.dims, self.dims_position = {}, None   # dimensions and tallies as this process's projector left them

@@ -294,7 +294,7 @@ def pods(mongo_uri):
             for collection, models in AuditStore.indexes.items():
                 for model in models:
                     db[collection].create_indexes([model])
-        store = SimpleNamespace(db=db, append_lock=Semaphore(), append_queue=[], head_cache=None, appended={}, unwritten={},
+        store = SimpleNamespace(db=db, append_lock=Semaphore(), append_queue=[], head_cache=None, appended={}, unwritten={}, projected_own=False,
                                 projecting=Semaphore(), projector_id=uuid4().hex, dims={}, dims_position=None,
                                 lease_until=None, prefetch_pool=GreenPool(4))
         repo = AuditRepo(store)
@@ -407,3 +407,27 @@ def test_the_projector_applies_what_its_pod_appended_without_reading_it_back(pod
     assert projector.run(one, now, rules, fresh=True) == 31
     assert one.commands.count("update", "enterprises") - before == 2     # 0-19: E1; 20-30: E1 and E2 together
     assert one.db.enterprises.find_one({"_id": E2})["region"] == "310115"
+
+
+def test_the_cursor_goes_to_the_pod_that_appends(pods):
+    # A standby pod's timer may take the cursor first (its own sign-ins, a takeover); it reads each
+    # entry back, so it lets the lease go after its run, and the appending pod's next nudge takes it.
+    from services.audit import projector
+    from services.audit.domain import Thresholds
+    now, rules = datetime.now(timezone.utc), Thresholds()
+    appender, standby = pods(), pods()
+    events = registered(40, now)
+    for event in events[:20]:
+        appender.append(event, now)
+    assert projector.run(standby, now, rules, fresh=True) == 20
+    assert standby.commands.count("find", "entries") == 20
+    assert standby.db.ledger_meta.find_one({"_id": "projector"})["lease_until"].year == 1970   # let go
+    for event in events[20:]:
+        appender.append(event, now)
+        projector.run(appender, now, rules)
+    assert appender.projector_position() == 40
+    assert appender.db.ledger_meta.find_one({"_id": "projector"})["owner"] == appender.store.projector_id
+    assert appender.commands.count("find", "entries") == 0     # what it applied, it had in memory
+    assert appender.store.appended == {}                       # and what the standby applied, it let go
+    assert projector.run(standby, now, rules, fresh=True) == 0
+
