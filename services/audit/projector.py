@@ -61,10 +61,10 @@ def _run(repo, now, thresholds, fresh):
     while kept and more:
         saved, facts, chunk = position, [], []
         while len(chunk) < SAVE_EVERY and applied + len(chunk) < BATCH and time.monotonic() < ends:
-            at = position + len(chunk)
-            if at >= size and at >= (size := repo.known_size(fresh)):
+            following = position + len(chunk)
+            if following >= size and following >= (size := repo.known_size(fresh)):
                 break
-            entry = repo.entry_to_project(at)
+            entry = repo.entry_to_project(following)
             if entry is None:  # counted by the head but gone: verification names it; nothing to build from
                 break
             chunk.append(entry)
