@@ -8,8 +8,9 @@ holds the cursor's lease, so rules see the ledger in its own order whatever pod 
 """
 import logging
 import time
-from datetime import timedelta, timezone
+from datetime import timedelta
 
+from ipvkit.clock import as_utc
 from ipvkit.events import new_event
 from services.audit import domain, metrics
 from services.audit.storage import (AGENCIES, CAP_CLAIMS, ENTERPRISES, EVIDENCE, ORDERS, PROGRAMMES, SPLITS,
@@ -57,14 +58,14 @@ def _run(repo, now, thresholds, fresh):
         return 0
     started = time.monotonic()
     applied, ends, size = 0, started + RUN_FOR.total_seconds(), repo.known_size(fresh)
-    kept, more = True, True
+    kept, more, own = True, True, False
     while kept and more:
         saved, facts, chunk = position, [], []
         while len(chunk) < SAVE_EVERY and applied + len(chunk) < BATCH and time.monotonic() < ends:
             following = position + len(chunk)
             if following >= size and following >= (size := repo.known_size(fresh)):
                 break
-            entry = repo.entry_to_project(following)
+            entry, own = repo.entry_to_project(following)
             if entry is None:  # counted by the head but gone: verification names it; nothing to build from
                 break
             chunk.append(entry)
@@ -74,13 +75,13 @@ def _run(repo, now, thresholds, fresh):
             for entry in chunk:
                 at = now + timedelta(seconds=time.monotonic() - started)  # a flag's time
                 facts += apply(repo, entry, at, thresholds)
-                metrics.PROJECTION_LAG.observe(max((at - _utc(entry["appended_at"])).total_seconds(), 0))
+                metrics.PROJECTION_LAG.observe(max((at - as_utc(entry["appended_at"])).total_seconds(), 0))
                 position += 1
                 applied += 1
         finally:
             kept = repo.save_projection(facts, now, saved, position, LEASE)
-    if kept and applied and not repo.projects_own_appends():
-        repo.release_projector()   # the appending pod's next nudge takes the cursor, and reads nothing back
+    if kept and applied and not own:   # the last entry was read back: another pod appends it
+        repo.release_projector()       # its next nudge takes the cursor, and reads nothing back
     return applied
 
 
@@ -117,10 +118,6 @@ EVIDENCE_FIELDS = ("invoice_no", "deliverable_sha256")
 
 def _evidence_value(data, field):
     return data[field].strip().upper() if field == "invoice_no" else data[field]
-
-
-def _utc(moment):
-    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
 
 
 def apply(repo, entry, now, thresholds):

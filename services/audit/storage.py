@@ -178,17 +178,9 @@ class AuditRepo(Repo):
             del appended[next(iter(appended))]
 
     def entry_to_project(self, position):
-        """The entry at `position`: as this process inserted it, else as stored. Remembers which, for
-        `projects_own_appends`."""
+        """(the entry at `position`, whether this process appended it): as it inserted it, else as stored."""
         entry = self.store.appended.pop(position, None)
-        self.store.projected_own = entry is not None
-        return entry or self.entry(position)
-
-    def projects_own_appends(self):
-        """Whether the last entry this process's projector applied was one it had appended itself.
-        The pod that appends (one at a time consumes `audit.record`) projects from memory; another
-        pod that holds the cursor reads every entry back, so it lets the lease go after each run."""
-        return self.store.projected_own
+        return (entry, True) if entry is not None else (self.entry(position), False)
 
     def known_size(self, fresh=False):
         """The ledger's size as this process's last append left the head, without a read; `fresh`
@@ -304,6 +296,7 @@ class AuditRepo(Repo):
         """Drops what this process remembers of the read models (it may no longer be what is stored)."""
         self.store.dims.clear()
         self.store.unwritten.clear()
+        self.store.counted.clear()
 
     def release_projector(self):
         """Lets a kept lease go (the service is stopping, or another pod appends), so another pod
@@ -320,7 +313,8 @@ class AuditRepo(Repo):
 
     # -- dimensions and tallies: read once, written once per save ----------------------------
     # Only the pod holding the cursor's lease writes them, in ledger order, so while it holds it
-    # what it remembers is what is stored, plus what it has not written yet (`unwritten`). A run
+    # what it remembers is what is stored, plus what it has not written yet (`unwritten`, and the
+    # tallies in `counted`, whose remembered documents are what to write). A run
     # writes each changed key once per save (SAVE_EVERY entries), not once per entry: the
     # projector keeps up with the appends instead of waiting on a round trip per rule.
     def dimension(self, collection, key):
@@ -334,24 +328,19 @@ class AuditRepo(Repo):
         side (by `_id`, so each is one cheap read even on FerretDB), so a chunk waits about one
         round trip for its reads instead of one per key."""
         missing = list(dict.fromkeys(k for k in keys if k not in self.store.dims))
-        if not missing:
-            return
         read = self.store.prefetch_pool.imap(lambda k: (k, self.db[k[0]].find_one({"_id": k[1]})), missing)
         for (collection, key_), doc in read:
-            if (collection, key_) not in self.store.dims:
-                self._remember_read(collection, key_, doc)
+            self._remember_read(collection, key_, doc)
 
     def _remember_read(self, collection, key, doc):
-        cached = doc or {}
+        """Remembers a dimension as read, with what this process set and has not written yet."""
         unwritten = self.store.unwritten.get((collection, key))
-        if unwritten is not None:
-            cached = {**cached, **unwritten[0], "_id": key}
+        cached = {**(doc or {}), **unwritten, "_id": key} if unwritten else (doc or {})
         self.store.dims[(collection, key)] = cached
         return cached
 
     def set_dimension(self, collection, key, values):
-        unwritten = self.store.unwritten.setdefault((collection, key), [{}, None])
-        unwritten[0].update(values)
+        self.store.unwritten.setdefault((collection, key), {}).update(values)
         cached = self.store.dims.get((collection, key))
         if cached is not None:
             self.store.dims[(collection, key)] = {**cached, **values, "_id": key}
@@ -360,21 +349,24 @@ class AuditRepo(Repo):
         """One bulk write per collection. A tally is written only if its count is still the one this
         process read or wrote last: were another writer to count meanwhile (the lease rules that
         out), the save fails instead of losing their count."""
-        unwritten, writes, guarded = self.store.unwritten, {}, 0
-        for (collection, key_), (values, stored_n) in unwritten.items():
-            if collection != TALLIES:
-                op = UpdateOne({"_id": key_}, {"$set": values}, upsert=True)
-            elif stored_n == 0:
-                op = InsertOne(values)   # a second insert of a key fails on its `_id`
+        store, writes = self.store, {}
+        for (collection, key_), values in store.unwritten.items():
+            writes.setdefault(collection, []).append(UpdateOne({"_id": key_}, {"$set": values}, upsert=True))
+        guarded = 0
+        for key_, stored_n in store.counted.items():
+            counted = store.dims[(TALLIES, key_)]
+            if stored_n:
+                guarded += 1
+                op = UpdateOne({"_id": key_, "n": stored_n}, {"$set": {k: v for k, v in counted.items() if k != "_id"}})
             else:
-                op, guarded = UpdateOne({"_id": key_, "n": stored_n},
-                                        {"$set": {k: v for k, v in values.items() if k != "_id"}}), guarded + 1
-            writes.setdefault(collection, []).append(op)
+                op = InsertOne(counted)   # a first count: a second insert of the key fails on its `_id`
+            writes.setdefault(TALLIES, []).append(op)
         for collection, ops in writes.items():
             done = self.db[collection].bulk_write(ops, ordered=False)
             if collection == TALLIES and done.matched_count < guarded:
                 raise ProjectionConflict(f"{guarded - done.matched_count} tallies were changed by another writer")
-        unwritten.clear()
+        store.unwritten.clear()
+        store.counted.clear()
 
     # -- facts ---------------------------------------------------------------------------------
     def add_facts(self, facts):
@@ -406,8 +398,7 @@ class AuditRepo(Repo):
         if item and slot < KEPT:
             items[str(slot)] = item
         counted = {"_id": key_, "n": n + 1, "last": position, "items": items}
-        unwritten = self.store.unwritten.setdefault((TALLIES, key_), [None, n])  # n: the count stored
-        unwritten[0] = counted
+        self.store.counted.setdefault(key_, n)   # the count stored, as this process last read or wrote it
         self.store.dims[(TALLIES, key_)] = counted
         return counted["n"], self._items(counted)
 
@@ -478,11 +469,11 @@ class AuditStore(MongoStore):
         self.append_queue = []         # events waiting for the next group commit
         self.head_cache = None         # the head as this process's last append left it
         self.appended = {}             # position -> entry this process inserted, until its projector applies it
-        self.projected_own = False     # whether the last entry projected here came from `appended`
         self.projecting = Semaphore()
         self.projector_id = uuid.uuid4().hex
         self.dims, self.dims_position = {}, None   # dimensions and tallies as this process's projector left them
-        self.unwritten = {}            # (collection, key) -> [what to write, the tally's stored count]
+        self.unwritten = {}            # (collection, key) -> dimension values set and not written yet
+        self.counted = {}              # tally key -> its count as stored, for tallies counted and not written yet
         self.prefetch_pool = GreenPool(PREFETCH_READS)
         self.lease_until = None        # until when this process holds the projector's lease, if it does
 

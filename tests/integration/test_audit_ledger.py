@@ -294,8 +294,8 @@ def pods(mongo_uri):
             for collection, models in AuditStore.indexes.items():
                 for model in models:
                     db[collection].create_indexes([model])
-        store = SimpleNamespace(db=db, append_lock=Semaphore(), append_queue=[], head_cache=None, appended={}, unwritten={}, projected_own=False,
-                                projecting=Semaphore(), projector_id=uuid4().hex, dims={}, dims_position=None,
+        store = SimpleNamespace(db=db, append_lock=Semaphore(), append_queue=[], head_cache=None, appended={},
+                                unwritten={}, counted={}, projecting=Semaphore(), projector_id=uuid4().hex, dims={}, dims_position=None,
                                 lease_until=None, prefetch_pool=GreenPool(4))
         repo = AuditRepo(store)
         repo.commands = commands
